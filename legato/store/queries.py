@@ -1,0 +1,381 @@
+"""Every SQL statement of the store, written once for both backends.
+
+Statements use ``:name`` parameters and dialect fragments that each backend fills in:
+
+- ``{now}`` — the database clock in epoch milliseconds (all due-time and lease comparisons);
+- ``{skip_locked}`` — ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, nothing on SQLite (whose
+  writers are serialised by ``BEGIN IMMEDIATE``); ``{lock_schedules}`` the same for the
+  schedules row of a join;
+- ``{claim_pick}`` — the ids a claim takes from the worker's queues (see ``claim_pick``).
+
+Writes made by a worker for a run are *fenced*: they only apply while the run is still
+``running`` under the lease token the worker got when it claimed the run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+RUN_COLUMNS = (
+    "id, flow, status, params, result, error, traceback, failed_step, attempts, max_attempts, "
+    "queue, priority, trigger, worker_id, parent_id, retry_of, idempotency_key, created_at, "
+    "scheduled_for, started_at, finished_at, lease_token, lease_expires_at, cancel_requested, "
+    "recoveries, schedule_id"
+)
+CLAIMABLE = "('queued', 'scheduled', 'retrying', 'sleeping')"
+NOT_FINISHED = "('queued', 'scheduled', 'retrying', 'sleeping', 'running')"
+FENCE = (
+    "EXISTS (SELECT 1 FROM runs WHERE id = :run_id AND lease_token = :token AND status = 'running')"
+)
+
+RUN_INSERT_COLUMNS = (
+    "INSERT INTO runs (id, flow, status, params, max_attempts, queue, priority, trigger, "
+    "parent_id, retry_of, schedule_id, idempotency_key, created_at, scheduled_for)"
+)
+# The due time: an absolute time (at_ms) or a delay from the database clock.
+_DUE = "COALESCE(CAST(:at_ms AS BIGINT), {now} + :delay_ms)"
+RUN_VALUES = f"""(:id, :flow, CASE WHEN {_DUE} > {{now}} THEN 'scheduled' ELSE 'queued' END,
+        :params, :max_attempts, :queue, :priority, :trigger, :parent_id, :retry_of,
+        :schedule_id, :idempotency_key, {{now}}, {_DUE})"""
+INSERT_RUN = f"""
+{RUN_INSERT_COLUMNS}
+VALUES {RUN_VALUES}
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING {RUN_COLUMNS}
+"""
+INSERT_RUN_QUIETLY = f"""
+{RUN_INSERT_COLUMNS}
+VALUES {RUN_VALUES}
+ON CONFLICT (idempotency_key) DO NOTHING
+"""
+# PostgreSQL bulk form: one short statement, one array per column.
+INSERT_RUNS_UNNEST = f"""
+{RUN_INSERT_COLUMNS}
+SELECT t.id, t.flow,
+       CASE WHEN COALESCE(t.at_ms, {{now}} + t.delay_ms) > {{now}} THEN 'scheduled' ELSE 'queued' END,
+       t.params, t.max_attempts, t.queue, t.priority, t.trigger, t.parent_id, t.retry_of,
+       t.schedule_id, t.idempotency_key, {{now}}, COALESCE(t.at_ms, {{now}} + t.delay_ms)
+FROM unnest(CAST(:id AS text[]), CAST(:flow AS text[]), CAST(:params AS text[]),
+            CAST(:max_attempts AS int[]), CAST(:queue AS text[]), CAST(:priority AS int[]),
+            CAST(:trigger AS text[]), CAST(:parent_id AS text[]), CAST(:retry_of AS text[]),
+            CAST(:schedule_id AS text[]), CAST(:idempotency_key AS text[]),
+            CAST(:at_ms AS bigint[]), CAST(:delay_ms AS bigint[]))
+     AS t(id, flow, params, max_attempts, queue, priority, trigger, parent_id, retry_of,
+          schedule_id, idempotency_key, at_ms, delay_ms)
+ON CONFLICT (idempotency_key) DO NOTHING
+"""
+
+GET_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE id = :id"
+GET_RUN_BY_KEY = f"SELECT {RUN_COLUMNS} FROM runs WHERE idempotency_key = :key"
+GET_RUN_STATUS = "SELECT status FROM runs WHERE id = :id"
+FIND_RUN_BY_PREFIX = "SELECT id FROM runs WHERE id LIKE :prefix ORDER BY id LIMIT 2"
+
+# The runs a claim takes, best first, from one queue (``:queue``). Ordered like the partial
+# index ``runs_claim`` (queue, priority DESC, scheduled_for), so it reads only what it takes.
+# Placeholders: {queue} (a parameter or column naming the queue) and {now}.
+CLAIM_PICK_ONE_QUEUE = f"""
+SELECT id, priority, scheduled_for FROM runs
+WHERE queue = {{queue}} AND status IN {CLAIMABLE} AND scheduled_for <= {{now}}
+ORDER BY priority DESC, scheduled_for LIMIT :limit"""
+
+CLAIM = """
+UPDATE runs SET status = 'running', worker_id = :worker_id, lease_token = lease_token + 1,
+       lease_expires_at = {now} + :lease_ms, attempts = attempts + 1 - resume, resume = 0,
+       started_at = COALESCE(started_at, {now}), cancel_requested = 0
+WHERE id IN ({claim_pick})
+RETURNING id, flow, params, attempts, max_attempts, lease_token, queue, parent_id,
+          CASE WHEN attempts > 1 OR started_at < {now} THEN 1 ELSE 0 END AS has_history
+"""
+
+REQUEUE_EXPIRED = """
+UPDATE runs SET status = 'queued', worker_id = NULL, resume = 1, recoveries = recoveries + 1,
+       lease_expires_at = NULL, lease_token = lease_token + 1
+WHERE id IN (SELECT id FROM runs WHERE status = 'running' AND lease_expires_at < {now}
+             LIMIT 500 {skip_locked})
+"""
+
+HEARTBEAT_RUNS = """
+UPDATE runs SET lease_expires_at = {now} + :lease_ms
+WHERE worker_id = :worker_id AND status = 'running'
+RETURNING id, lease_token, cancel_requested
+"""
+
+FINISH_RUN = """
+UPDATE runs SET status = :status, result = :result, error = :error, traceback = :traceback,
+       failed_step = :failed_step, finished_at = {now}, lease_expires_at = NULL
+WHERE id = :run_id AND lease_token = :token AND status = 'running'
+"""
+
+# PostgreSQL: many FINISH_RUN outcomes in one statement; RETURNING tells which were written.
+FINISH_RUNS_UNNEST = """
+UPDATE runs SET status = v.status, result = v.result, error = v.error, traceback = v.traceback,
+       failed_step = v.failed_step, finished_at = {now}, lease_expires_at = NULL
+FROM unnest(CAST(:run_id AS text[]), CAST(:token AS bigint[]), CAST(:status AS text[]),
+            CAST(:result AS text[]), CAST(:error AS text[]), CAST(:traceback AS text[]),
+            CAST(:failed_step AS text[]))
+     AS v(run_id, token, status, result, error, traceback, failed_step)
+WHERE runs.id = v.run_id AND runs.lease_token = v.token AND runs.status = 'running'
+RETURNING runs.id
+"""
+
+RETRY_LATER = """
+UPDATE runs SET status = CASE WHEN :delay_ms > 0 THEN 'retrying' ELSE 'queued' END,
+       scheduled_for = {now} + :delay_ms, error = :error, traceback = :traceback,
+       failed_step = :failed_step, worker_id = NULL, lease_expires_at = NULL
+WHERE id = :run_id AND lease_token = :token AND status = 'running'
+"""
+
+HAND_BACK = """
+UPDATE runs SET status = 'queued', worker_id = NULL, resume = 1, lease_expires_at = NULL,
+       lease_token = lease_token + 1
+WHERE id = :run_id AND lease_token = :token AND status = 'running'
+"""
+
+SUSPEND = """
+UPDATE runs SET status = 'sleeping', scheduled_for = :wake_ms, worker_id = NULL, resume = 1,
+       lease_expires_at = NULL
+WHERE id = :run_id AND lease_token = :token AND status = 'running'
+"""
+
+HAND_BACK_ALL = """
+UPDATE runs SET status = 'queued', worker_id = NULL, resume = 1, lease_expires_at = NULL,
+       lease_token = lease_token + 1
+WHERE worker_id = :worker_id AND status = 'running'
+"""
+
+CANCEL_WAITING = f"""
+UPDATE runs SET status = 'cancelled', finished_at = {{now}}, error = 'cancelled'
+WHERE id = :id AND status IN {CLAIMABLE}
+"""
+
+REQUEST_CANCEL = """
+UPDATE runs SET cancel_requested = 1 WHERE id = :id AND status = 'running'
+"""
+
+STEP_START = f"""
+INSERT INTO steps (run_id, position, name, status, attempts, run_attempt, started_at)
+SELECT :run_id, :position, :name, 'running', 1, :run_attempt, {{now}}
+WHERE {FENCE}
+ON CONFLICT (run_id, position) DO UPDATE
+SET name = excluded.name, status = 'running', attempts = steps.attempts + 1,
+    run_attempt = excluded.run_attempt, finished_at = NULL, error = NULL, traceback = NULL
+"""
+
+STEP_FINISH = f"""
+UPDATE steps SET status = :status, finished_at = {{now}}, result = :result, error = :error,
+       traceback = :traceback
+WHERE run_id = :run_id AND position = :position AND {FENCE}
+"""
+
+STEP_RESULT = f"""
+UPDATE steps SET result = :result WHERE run_id = :run_id AND position = :position AND {FENCE}
+"""
+
+CLOSE_RUNNING_STEPS = """
+UPDATE steps SET status = 'failed', finished_at = {now}, error = COALESCE(error, :error)
+WHERE run_id = :run_id AND status = 'running'
+"""
+
+GET_STEPS = """
+SELECT position, name, status, attempts, run_attempt, started_at, finished_at, result, error,
+       traceback
+FROM steps WHERE run_id = :run_id ORDER BY position
+"""
+
+INSERT_LOG = """
+INSERT INTO logs (run_id, ts, level, step, attempt, message)
+SELECT :run_id, :ts, :level, :step, :attempt, :message
+WHERE EXISTS (SELECT 1 FROM runs WHERE id = :run_id AND lease_token = :token)
+"""
+
+GET_LOGS = """
+SELECT id, ts, level, step, attempt, message FROM logs
+WHERE run_id = :run_id AND id > :after ORDER BY id LIMIT :limit
+"""
+
+GET_EVENTS = """
+SELECT ts, status, attempt, worker_id FROM run_events WHERE run_id = :run_id ORDER BY id
+"""
+
+UPSERT_FLOW = """
+INSERT INTO flows (name, description, version, queue, priority, max_attempts, timeout_s,
+                   retry_policy, schedules, parameters, is_async, on_event, event_filter,
+                   updated_at)
+VALUES (:name, :description, :version, :queue, :priority, :max_attempts, :timeout_s,
+        :retry_policy, :schedules, :parameters, :is_async, :on_event, :event_filter, {now})
+ON CONFLICT (name) DO UPDATE SET description = excluded.description,
+    version = excluded.version, queue = excluded.queue, priority = excluded.priority,
+    max_attempts = excluded.max_attempts, timeout_s = excluded.timeout_s,
+    retry_policy = excluded.retry_policy, schedules = excluded.schedules,
+    parameters = excluded.parameters, on_event = excluded.on_event,
+    event_filter = excluded.event_filter,
+    is_async = excluded.is_async, updated_at = excluded.updated_at
+"""
+
+FLOW_COLUMNS = (
+    "name, description, version, queue, priority, max_attempts, timeout_s, retry_policy, "
+    "schedules, parameters, is_async, schedules_paused, on_event, event_filter, updated_at"
+)
+GET_FLOW = f"SELECT {FLOW_COLUMNS} FROM flows WHERE name = :name"
+LIST_FLOWS = f"SELECT {FLOW_COLUMNS} FROM flows ORDER BY name"
+SUBSCRIBED_FLOWS = f"SELECT {FLOW_COLUMNS} FROM flows WHERE on_event IS NOT NULL ORDER BY name"
+LAST_RUN_OF_FLOW = """
+SELECT id, status, created_at, finished_at FROM runs WHERE flow = :flow
+ORDER BY created_at DESC LIMIT 1
+"""
+
+REGISTER_WORKER = """
+INSERT INTO workers (id, hostname, pid, queues, concurrency, running, started_at, last_heartbeat)
+VALUES (:id, :hostname, :pid, :queues, :concurrency, 0, {now}, {now})
+"""
+
+WORKER_HEARTBEAT = """
+UPDATE workers SET last_heartbeat = {now}, running = :running WHERE id = :id
+"""
+
+WORKER_STOPPED = "UPDATE workers SET stopped_at = {now}, running = 0 WHERE id = :id"
+
+LIST_WORKERS = """
+SELECT id, hostname, pid, queues, concurrency, running, started_at, last_heartbeat, stopped_at,
+       CASE WHEN stopped_at IS NULL AND last_heartbeat > {now} - :dead_ms THEN 1 ELSE 0 END
+         AS alive
+FROM workers
+WHERE stopped_at IS NULL AND last_heartbeat > {now} - :forget_ms
+   OR stopped_at > {now} - :forget_ms
+ORDER BY started_at DESC
+"""
+
+QUEUE_COUNTS = f"""
+SELECT queue,
+       SUM(CASE WHEN status <> 'running' AND scheduled_for <= {{now}} THEN 1 ELSE 0 END) AS queued,
+       SUM(CASE WHEN status = 'running' THEN 1 ELSE 0 END) AS running,
+       SUM(CASE WHEN status <> 'running' AND scheduled_for > {{now}} THEN 1 ELSE 0 END) AS later,
+       MIN(CASE WHEN status <> 'running' AND scheduled_for <= {{now}} THEN scheduled_for END)
+         AS oldest_queued
+FROM runs WHERE status IN {NOT_FINISHED}
+GROUP BY queue ORDER BY queue
+"""
+
+STATS_FINISHED = """
+SELECT flow, status, COUNT(*) AS n FROM runs
+WHERE finished_at >= :since AND finished_at <= :until {flow_filter}
+GROUP BY flow, status
+"""
+
+STATS_ACTIVE = f"""
+SELECT flow, status, COUNT(*) AS n FROM runs
+WHERE status IN {NOT_FINISHED} {{flow_filter}}
+GROUP BY flow, status
+"""
+
+UPSERT_SCHEDULE = """
+INSERT INTO schedules (id, flow, definition, next_fire_at, created_at, updated_at)
+VALUES (:id, :flow, :definition, :next_fire_at, {now}, {now})
+ON CONFLICT (id) DO UPDATE SET
+    next_fire_at = CASE WHEN schedules.definition = excluded.definition
+                        THEN schedules.next_fire_at ELSE excluded.next_fire_at END,
+    definition = excluded.definition, updated_at = excluded.updated_at
+"""
+
+SCHEDULE_IDS_OF_FLOW = "SELECT id FROM schedules WHERE flow = :flow"
+DELETE_SCHEDULE = "DELETE FROM schedules WHERE id = :id"
+
+SCHEDULE_COLUMNS = (
+    "s.id, s.flow, s.definition, s.next_fire_at, s.last_fire_at, f.queue, f.priority, "
+    "f.max_attempts, f.schedules_paused"
+)
+DUE_SCHEDULES = f"""
+SELECT {SCHEDULE_COLUMNS} FROM schedules s JOIN flows f ON f.name = s.flow
+WHERE s.next_fire_at <= :now AND f.schedules_paused = 0
+ORDER BY s.next_fire_at LIMIT :limit
+"""
+DUE_SCHEDULES_LOCKED = f"""
+SELECT {SCHEDULE_COLUMNS} FROM schedules s JOIN flows f ON f.name = s.flow
+WHERE s.next_fire_at <= :now AND f.schedules_paused = 0
+ORDER BY s.next_fire_at LIMIT :limit {{lock_schedules}}
+"""
+NEXT_SCHEDULE_DUE = """
+SELECT MIN(s.next_fire_at) AS next FROM schedules s JOIN flows f ON f.name = s.flow
+WHERE f.schedules_paused = 0
+"""
+LIST_SCHEDULES = f"""
+SELECT {SCHEDULE_COLUMNS} FROM schedules s JOIN flows f ON f.name = s.flow
+ORDER BY s.flow, s.id
+"""
+ADVANCE_SCHEDULE = """
+UPDATE schedules SET next_fire_at = :next, last_fire_at = :last
+WHERE id = :id AND next_fire_at = :old
+"""
+ADVANCE_SCHEDULES_UNNEST = """
+UPDATE schedules SET next_fire_at = v.next, last_fire_at = v.last
+FROM unnest(CAST(:id AS text[]), CAST(:old AS bigint[]), CAST(:next AS bigint[]),
+            CAST(:last AS bigint[])) AS v(id, old, next, last)
+WHERE schedules.id = v.id AND schedules.next_fire_at = v.old
+"""
+
+SCHEDULE_ACTIVE_RUNS = f"""
+SELECT status FROM runs WHERE schedule_id = :schedule_id AND status IN {NOT_FINISHED}
+"""
+SET_SCHEDULES_PAUSED = "UPDATE flows SET schedules_paused = :paused WHERE name = :name"
+
+NOW = "SELECT {now} AS now"
+
+# -- REST API: tokens, time series, metrics, readiness --------------------------------------
+
+TOKEN_COLUMNS = "id, name, role, created_at, last_used_at, revoked_at"
+INSERT_TOKEN = """
+INSERT INTO api_tokens (id, name, role, token_hash, created_at)
+VALUES (:id, :name, :role, :token_hash, {now})
+"""
+ACTIVE_TOKEN_NAMED = "SELECT id FROM api_tokens WHERE name = :name AND revoked_at IS NULL"
+GET_TOKEN = f"SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = :id"
+GET_TOKEN_BY_HASH = f"""
+SELECT {TOKEN_COLUMNS}, token_hash FROM api_tokens
+WHERE token_hash = :token_hash AND revoked_at IS NULL
+"""
+LIST_TOKENS = f"SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at, id"
+FIND_ACTIVE_TOKENS = f"""
+SELECT {TOKEN_COLUMNS} FROM api_tokens
+WHERE (id = :ident OR name = :ident) AND revoked_at IS NULL
+"""
+REVOKE_TOKEN = "UPDATE api_tokens SET revoked_at = {now} WHERE id = :id AND revoked_at IS NULL"
+ANY_ACTIVE_TOKEN = "SELECT id FROM api_tokens WHERE revoked_at IS NULL LIMIT 1"
+TOUCH_TOKEN = "UPDATE api_tokens SET last_used_at = {now} WHERE id = :id"
+
+# Finished runs per time bucket (bucket = index from :since, :bucket ms wide) and status.
+STATS_SERIES = """
+SELECT (finished_at - :since) / :bucket AS bucket, status, COUNT(*) AS n FROM runs
+WHERE finished_at >= :since AND finished_at <= :until {flow_filter}
+GROUP BY 1, status
+"""
+
+RUN_COUNTS = "SELECT flow, status, COUNT(*) AS n FROM runs GROUP BY flow, status"
+
+SCHEMA_REVISION = "SELECT version_num FROM alembic_version"
+
+_PARAM = re.compile(r"(?<![:\w]):([a-zA-Z_]\w*)")
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between backends in the SQL text."""
+
+    now: str
+    skip_locked: str
+    lock_schedules: str
+    pyformat: bool  # psycopg wants %(name)s; sqlite3 takes :name
+
+
+def render(sql: str, dialect: Dialect, **fragments: str) -> str:
+    """Fill in the dialect fragments and convert the parameter style."""
+    text = sql.format(
+        now=dialect.now,
+        skip_locked=dialect.skip_locked,
+        lock_schedules=dialect.lock_schedules,
+        **fragments,
+    )
+    if dialect.pyformat:
+        text = text.replace("%", "%%")
+        text = _PARAM.sub(r"%(\1)s", text)
+    return text

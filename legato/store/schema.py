@@ -1,0 +1,204 @@
+"""The database schema as SQLAlchemy Core tables: the single source for migrations.
+
+Portable column types only: times are epoch milliseconds (``BIGINT``), JSON is stored as
+text, booleans are small integers. Triggers (run events, PostgreSQL notifications) are
+dialect specific and live in the migrations.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    Table,
+    Text,
+    text,
+)
+
+metadata = MetaData()
+
+flows = Table(
+    "flows",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("description", Text),
+    Column("version", Text),
+    Column("queue", Text, nullable=False),
+    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("max_attempts", Integer, nullable=False, server_default="1"),
+    Column("timeout_s", Float),
+    Column("retry_policy", Text),  # JSON
+    Column("schedules", Text),  # JSON list
+    Column("parameters", Text),  # JSON list of {name, required, default, annotation}
+    Column("is_async", SmallInteger, nullable=False, server_default="0"),
+    Column("schedules_paused", SmallInteger, nullable=False, server_default="0"),
+    Column("on_event", Text),  # JSON list of event names the flow subscribes to
+    Column("event_filter", Text),  # JSON object: payload keys and the values they must have
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("id", Text, primary_key=True),  # "<flow>:<schedule key>"
+    Column("flow", Text, nullable=False),
+    Column("definition", Text, nullable=False),  # JSON of legato.schedules.Schedule
+    Column("next_fire_at", BigInteger),  # NULL once a one-time schedule has fired
+    Column("last_fire_at", BigInteger),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Index("schedules_due", "next_fire_at"),
+    Index("schedules_flow", "flow"),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("flow", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("params", Text, nullable=False),  # JSON object
+    Column("result", Text),  # JSON
+    Column("error", Text),
+    Column("traceback", Text),
+    Column("failed_step", Text),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("max_attempts", Integer, nullable=False, server_default="1"),
+    Column("queue", Text, nullable=False),
+    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("trigger", Text, nullable=False),
+    Column("worker_id", Text),
+    Column("parent_id", Text),
+    Column("retry_of", Text),
+    Column("schedule_id", Text),
+    Column("idempotency_key", Text, unique=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("scheduled_for", BigInteger, nullable=False),
+    Column("started_at", BigInteger),
+    Column("finished_at", BigInteger),
+    # Fencing token: incremented by every claim; a worker's writes must carry it.
+    Column("lease_token", BigInteger, nullable=False, server_default="0"),
+    Column("lease_expires_at", BigInteger),
+    Column("cancel_requested", SmallInteger, nullable=False, server_default="0"),
+    # 1 when the next claim continues the current attempt (recovery, hand-back).
+    Column("resume", SmallInteger, nullable=False, server_default="0"),
+    Column("recoveries", Integer, nullable=False, server_default="0"),
+    Index(
+        "runs_claim",
+        "queue",
+        text("priority DESC"),
+        "scheduled_for",
+        postgresql_where=text("status IN ('queued', 'scheduled', 'retrying', 'sleeping')"),
+        sqlite_where=text("status IN ('queued', 'scheduled', 'retrying', 'sleeping')"),
+    ),
+    Index(
+        "runs_lease",
+        "lease_expires_at",
+        postgresql_where=text("status = 'running'"),
+        sqlite_where=text("status = 'running'"),
+    ),
+    Index(
+        "runs_worker",
+        "worker_id",
+        postgresql_where=text("status = 'running'"),
+        sqlite_where=text("status = 'running'"),
+    ),
+    Index("runs_created", text("created_at DESC")),
+    Index("runs_flow_created", "flow", text("created_at DESC")),
+    Index("runs_status_created", "status", text("created_at DESC")),
+    Index("runs_finished", "finished_at"),
+    Index(
+        "runs_schedule_active",
+        "schedule_id",
+        postgresql_where=text(
+            "schedule_id IS NOT NULL AND status IN ('queued', 'scheduled', 'retrying', 'sleeping', 'running')"
+        ),
+        sqlite_where=text(
+            "schedule_id IS NOT NULL AND status IN ('queued', 'scheduled', 'retrying', 'sleeping', 'running')"
+        ),
+    ),
+    Index(
+        "runs_parent",
+        "parent_id",
+        postgresql_where=text("parent_id IS NOT NULL"),
+        sqlite_where=text("parent_id IS NOT NULL"),
+    ),
+)
+
+steps = Table(
+    "steps",
+    metadata,
+    Column("run_id", Text, nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="1"),
+    Column("run_attempt", Integer, nullable=False, server_default="1"),
+    Column("started_at", BigInteger, nullable=False),
+    Column("finished_at", BigInteger),
+    Column("result", Text),  # JSON
+    Column("error", Text),
+    Column("traceback", Text),
+    PrimaryKeyConstraint("run_id", "position"),
+)
+
+logs = Table(
+    "logs",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("run_id", Text, nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    Column("level", Text, nullable=False),
+    Column("step", Text),
+    Column("attempt", Integer, nullable=False),
+    Column("message", Text, nullable=False),
+    Index("logs_run", "run_id", "id"),
+)
+
+run_events = Table(
+    "run_events",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("run_id", Text, nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("worker_id", Text),
+    Index("run_events_run", "run_id", "id"),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("hostname", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("queues", Text, nullable=False),  # JSON list
+    Column("concurrency", Integer, nullable=False),
+    Column("running", Integer, nullable=False, server_default="0"),
+    Column("started_at", BigInteger, nullable=False),
+    Column("last_heartbeat", BigInteger, nullable=False),
+    Column("stopped_at", BigInteger),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("role", Text, nullable=False),  # viewer | operator | admin
+    Column("token_hash", Text, nullable=False, unique=True),  # sha256 hex; never the token
+    Column("created_at", BigInteger, nullable=False),
+    Column("last_used_at", BigInteger),
+    Column("revoked_at", BigInteger),
+)
