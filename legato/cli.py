@@ -16,6 +16,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.exceptions import TyperException
 
 from . import __version__
 from .client import Client
@@ -855,7 +856,16 @@ def version() -> None:
 def main() -> None:
     """Entry point: run the CLI, turning every expected failure into one line on stderr."""
     try:
-        cli()
+        code = cli(standalone_mode=False)
+    except TyperException as exc:  # usage errors: missing argument, unknown option or command
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        message = " ".join(str(getattr(exc, "format_message", exc.__str__)()).split())
+        sys.stderr.write(f"error: {message}{where}\n")
+        sys.exit(int(getattr(exc, "exit_code", 2)))
+    except (typer.Abort, KeyboardInterrupt):
+        sys.stderr.write("error: aborted\n")
+        sys.exit(130)
     except (CliError, LegatoError, ValueError, TypeError, sqlite3.Error) as exc:
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(1)
@@ -864,6 +874,7 @@ def main() -> None:
             sys.stderr.write(f"error: database: {str(exc).strip().splitlines()[0]}\n")
             sys.exit(1)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

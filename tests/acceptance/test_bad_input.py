@@ -89,13 +89,10 @@ def test_bad_database_url_fails_with_one_line(url: str, fragment: str, args: lis
     assert_one_error_line(run_cli(args, url), fragment)
 
 
-@pytest.mark.xfail(
-    reason="legato/cli.py: click usage errors (missing argument, unknown option) print a "
-    "multi-line usage box instead of one 'error:' line",
-    strict=True,
-)
 @pytest.mark.parametrize(
-    "args", [["runs", "show"], ["runs", "list", "--bogus"]], ids=["missing-argument", "bad-option"]
+    "args",
+    [["runs", "show"], ["runs", "list", "--bogus"], ["nosuch"]],
+    ids=["missing-argument", "bad-option", "unknown-command"],
 )
 def test_usage_errors_fail_with_one_line(sqlite_url: str, args: list[str]) -> None:
     assert_one_error_line(run_cli(args, sqlite_url))
