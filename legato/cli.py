@@ -67,6 +67,7 @@ STATUS_STYLE = {
     "queued": "yellow",
     "scheduled": "blue",
     "retrying": "yellow",
+    "sleeping": "blue",
 }
 
 
