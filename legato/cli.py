@@ -202,7 +202,7 @@ def up(
     insecure: InsecureOption = False,
     db: DbOption = None,
 ) -> None:
-    """Everything in one process: the worker, its scheduler and the REST API."""
+    """Everything in one process: the worker, its scheduler, the REST API and the dashboard."""
     from .api import create_app
     from .api.server import ServerThread, make_server, require_auth
     from .loader import load_app
@@ -222,6 +222,7 @@ def up(
         application.close()
         raise
     base = f"http://{_url_host(host)}:{port}"
+    console.print(f"Legato dashboard on {base}/")
     console.print(f"Legato API on {base}/api/v1 (docs: {base}/api/v1/docs)")
     try:
         Worker(application, queues=queue or ["default"], concurrency=concurrency).run()

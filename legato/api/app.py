@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
 
-from .. import __version__
+from .. import __version__, dashboard
 from ..client import Client
 from ..config import Settings
 from ..store import Store, open_store
@@ -71,6 +71,7 @@ def create_app(
     app.include_router(api)
     app.include_router(metrics.router, dependencies=[Depends(authorize)])
     app.include_router(health.router)
+    dashboard.install(app)  # the web dashboard at /
 
     install(app, gate)
     app.add_middleware(BodyLimit, max_bytes=settings.max_payload_bytes)
