@@ -462,6 +462,20 @@ class Client:
             for r in self.store.run_counts()
         ]
 
+    def claim_latency(self, window_ms: int = 300_000, limit: int = 10_000) -> dict[str, Any]:
+        """Queue wait (due to claimed) of first attempts that finished in the last
+        ``window_ms`` (the ``limit`` most recent): ``{"count", "sum_seconds", "quantiles"}``."""
+        waits = sorted(self.store.claim_latencies(self.store.now_ms() - window_ms, limit))
+
+        def quantile(q: float) -> float:
+            return waits[min(len(waits) - 1, int(q * len(waits)))] / 1000 if waits else 0.0
+
+        return {
+            "count": len(waits),
+            "sum_seconds": sum(waits) / 1000,
+            "quantiles": {str(q): quantile(q) for q in (0.5, 0.95, 0.99)},
+        }
+
     def schedule_lags(self) -> list[dict[str, Any]]:
         """How late each due, unpaused schedule is: ``[{"flow", "schedule", "lag_seconds"}]``."""
         now = self.store.now_ms()

@@ -14,6 +14,8 @@ whichever process ran the work:
 ``legato_workers_alive``               live workers
 ``legato_worker_slots{worker}``        a live worker's slots, and ``..._running`` in use
 ``legato_schedule_lag_seconds``        how late each due, unpaused schedule is
+``legato_claim_latency_seconds``      due-to-claimed wait of runs finished in the last
+                                       5 minutes (summary: quantiles, ``_sum``, ``_count``)
 =====================================  ==============================================
 """
 
@@ -44,8 +46,14 @@ def _number(value: float) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
-def _family(name: str, help_text: str, samples: Iterable[Sample]) -> list[str]:
-    out = [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+def _family(name: str, help_text: str, samples: Iterable[Sample], kind: str = "gauge") -> list[str]:
+    out = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    out += _samples(name, samples)
+    return out
+
+
+def _samples(name: str, samples: Iterable[Sample]) -> list[str]:
+    out = []
     for labels, value in samples:
         text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
         out.append(f"{name}{{{text}}} {_number(value)}" if text else f"{name} {_number(value)}")
@@ -121,6 +129,15 @@ def render(client: Client) -> str:
             for s in client.schedule_lags()
         ),
     )
+    latency = client.claim_latency()
+    lines += _family(
+        "legato_claim_latency_seconds",
+        "Wait from due to claimed of first attempts finished in the last 5 minutes.",
+        (({"quantile": q}, v) for q, v in latency["quantiles"].items()),
+        kind="summary",
+    )
+    lines += _samples("legato_claim_latency_seconds_sum", [({}, latency["sum_seconds"])])
+    lines += _samples("legato_claim_latency_seconds_count", [({}, latency["count"])])
     return "\n".join(lines) + "\n"
 
 
@@ -136,5 +153,6 @@ def render(client: Client) -> str:
     },
 )
 def metrics(client: ClientDep) -> Response:
-    """Prometheus metrics: runs by flow and status, queue depth and age, workers, lag."""
+    """Prometheus metrics: runs by flow and status, queue depth and age, workers, claim
+    latency, schedule lag."""
     return PlainTextResponse(render(client), media_type=CONTENT_TYPE)

@@ -575,6 +575,12 @@ class Store(ABC):
         """How many runs each flow has in each status (all time)."""
         return self._read(self.sql("RUN_COUNTS"))
 
+    def claim_latencies(self, since_ms: int, limit: int = 10_000) -> list[int]:
+        """Due-to-claim waits (ms) of first attempts finished since ``since_ms``, newest
+        first, at most ``limit``."""
+        rows = self._read(self.sql("CLAIM_LATENCIES"), {"since": since_ms, "limit": limit})
+        return [int(r["wait"]) for r in rows]
+
     def schema_revision(self) -> str | None:
         """The applied migration (``None`` when the schema was never created)."""
         rows = self._read(self.sql("SCHEMA_REVISION"))

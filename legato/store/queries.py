@@ -222,7 +222,7 @@ LIST_FLOWS = f"SELECT {FLOW_COLUMNS} FROM flows ORDER BY name"
 SUBSCRIBED_FLOWS = f"SELECT {FLOW_COLUMNS} FROM flows WHERE on_event IS NOT NULL ORDER BY name"
 LAST_RUN_OF_FLOW = """
 SELECT id, status, created_at, finished_at FROM runs WHERE flow = :flow
-ORDER BY created_at DESC LIMIT 1
+ORDER BY created_at DESC, id DESC LIMIT 1
 """
 
 REGISTER_WORKER = """
@@ -351,6 +351,14 @@ GROUP BY 1, status
 """
 
 RUN_COUNTS = "SELECT flow, status, COUNT(*) AS n FROM runs GROUP BY flow, status"
+
+# Queue wait of first attempts finished since :since (newest first, at most :limit): the
+# time from due to claimed. Retried or slept runs moved scheduled_for after started_at.
+CLAIM_LATENCIES = """
+SELECT started_at - scheduled_for AS wait FROM runs
+WHERE finished_at >= :since AND attempts = 1 AND started_at >= scheduled_for
+ORDER BY finished_at DESC LIMIT :limit
+"""
 
 SCHEMA_REVISION = "SELECT version_num FROM alembic_version"
 
