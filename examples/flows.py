@@ -20,7 +20,12 @@ flow               shows
 ``export``         a flow timeout (3 s): it succeeds with ``seconds=1`` and times out by default
 ``backfill``       a parent flow that starts ``etl`` subflows and waits for them durably
 ``month_end``      a cron schedule on the last day of every month (Europe/Paris)
+``sync_inventory`` an interval schedule: every minute, so the dashboard fills in live
+``daily_report``   a cron schedule on weekdays at 06:00 (Europe/Paris)
 =================  ==========================================================================
+
+``make demo`` (or ``legato up examples/flows.py``) runs them all with the dashboard at
+http://127.0.0.1:8000/.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import time
 from dataclasses import dataclass
 
 import legato
-from legato import App, RetryPolicy, cron
+from legato import App, RetryPolicy, cron, every
 
 app = App()
 log = logging.getLogger(__name__)
@@ -276,3 +281,27 @@ def backfill(days: list[str]) -> dict[str, int]:
 def month_end() -> str:
     log.info("closing the month")
     return "closed"
+
+
+# -- sync_inventory and daily_report: more schedules -------------------------------------------
+
+
+@app.step
+def count_stock(warehouse: str) -> int:
+    count = random.randint(50, 200)
+    log.info("warehouse %s: %d stock levels changed", warehouse, count)
+    return count
+
+
+@app.flow(description="Sync stock levels every minute", schedule=every(minutes=1))
+def sync_inventory(warehouses: list[str] | None = None) -> int:
+    return sum(count_stock(w) for w in warehouses or ["paris", "lyon"])
+
+
+@app.flow(
+    description="Sales report on weekdays at 06:00",
+    schedule=cron("0 6 * * 1-5", timezone="Europe/Paris"),
+)
+def daily_report(day: str = "yesterday") -> str:
+    log.info("building the sales report for %s", day)
+    return f"report for {day} sent"

@@ -70,7 +70,7 @@ def main() -> None:
     print(f"submitted {len(runs)} runs ({len(ids)} distinct) to {app.database_url}:")
     for name, count in sorted(counts.items()):
         print(f"  {name:<10} {count}")
-    print("start a worker to run them: legato worker examples/flows.py")
+    print("run them, with the dashboard on http://127.0.0.1:8000/: legato up examples/flows.py")
     app.close()
 
 

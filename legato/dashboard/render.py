@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from datetime import UTC, datetime
@@ -159,6 +160,25 @@ def query(params: dict[str, Any], **overrides: Any) -> str:
     return "?" + urlencode(pairs) if pairs else ""
 
 
+def log_lines(logs: list[dict[str, Any]], flow: str) -> Markup:
+    """Log lines as HTML, built directly: a run page may show thousands of them."""
+    out = []
+    for line in logs:
+        level = line["level"]
+        step = line["step"] or flow
+        if line["attempt"] > 1:
+            step = f"{step}#{line['attempt']}"
+        ts = line["ts"]
+        out.append(
+            f'<div class="log l-{html.escape(level.lower())}" data-level="{html.escape(level)}">'
+            f'<time datetime="{ts}" data-format="clock">{ts[11:23]}</time> '
+            f'<span class="lvl">{html.escape(level)}</span> '
+            f'<span class="step">{html.escape(step)}</span> '
+            f'<span class="msg">{html.escape(line["message"], quote=False)}</span></div>'
+        )
+    return Markup("\n".join(out))
+
+
 def make_environment() -> Environment:
     env = Environment(
         loader=PackageLoader("legato.dashboard", "templates"),
@@ -175,6 +195,7 @@ def make_environment() -> Environment:
         error_line=error_line,
         script_json=script_json,
         schedule=schedule_text,
+        log_lines=log_lines,
     )
     env.globals.update(
         percent=percent,

@@ -54,7 +54,9 @@ def test_server_side_validation_keeps_the_form(dashboard: Dashboard, open_page: 
     tab.get_by_role("button", name="Run add_up").click()
     expect(tab.locator(".notice.error")).to_contain_text("invalid duration")
     assert '"n": 2' in tab.locator("#params").input_value()
-    page.errors.remove("Failed to load resource: the server responded with a status of 400 (Bad Request)")
+    page.errors.remove(
+        "Failed to load resource: the server responded with a status of 400 (Bad Request)"
+    )
 
 
 def test_cancel_and_retry_from_the_run_page(dashboard: Dashboard, open_page: Any) -> None:
