@@ -8,9 +8,11 @@ dashboard works without any network access.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from . import actions, pages
@@ -38,20 +40,16 @@ async def _login_required(request: Request, exc: Exception) -> Response:
         return HTMLResponse("", headers={"HX-Redirect": "/login"})
     if request.method != "GET":
         target = "/"
-    from urllib.parse import quote
-
     return RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=303)
 
 
 async def _forbidden(request: Request, exc: Exception) -> Response:
-    from starlette.concurrency import run_in_threadpool
-
     viewer = await run_in_threadpool(identify, request, required=False)
     return pages.page(
         request,
         viewer,
         "error.html",
-        {"title": "Not allowed", "message": str(exc), "back": request.headers.get("referer")},
+        {"title": "Not allowed", "message": str(exc)},
         status_code=403,
     )
 

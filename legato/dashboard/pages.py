@@ -18,7 +18,6 @@ from starlette.responses import HTMLResponse, Response
 
 from ..client import Client
 from ..errors import UnknownFlow, UnknownRun
-from ..serializers import stats_series_json
 from ..store.records import RUN_STATUSES, TERMINAL
 from ..timeutil import parse_duration, to_iso
 from . import calendar, timeline
@@ -96,18 +95,19 @@ def _ms(run: dict[str, Any], key: str) -> int | None:
 # -- overview ---------------------------------------------------------------------------------
 
 
+#: Statuses counted by the overview's charts and windows (runs that finished).
+FINISHED = ("succeeded", "failed", "cancelled")
+MINUTES_PER_DAY = 1440
+
+
 @router.get("/", response_class=HTMLResponse)
 def overview(request: Request) -> Response:
     viewer = identify(request)
     client = client_of(request)
-    live, series = _overview_live(client, client.store.now_ms())
-    chart = {
-        "x": [iso_ms(b["start"]) // 1000 for b in series if b["start"]],  # type: ignore[operator]
-        "series": {
-            status: [b["counts"].get(status, 0) for b in series]
-            for status in ("succeeded", "failed", "cancelled")
-        },
-    }
+    now = client.store.now_ms()
+    live, per_minute = _overview_live(client, now)
+    since_s = (now - DAY_MS) // 1000
+    chart = {"x": [since_s + 60 * i for i in range(MINUTES_PER_DAY)], "series": per_minute}
     return page(request, viewer, "overview.html", {**live, "chart": chart}, section="overview")
 
 
@@ -119,28 +119,19 @@ def overview_live(request: Request) -> Response:
     return page(request, viewer, "_overview_live.html", live)
 
 
-def _overview_live(client: Client, now: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """What the overview shows, and the runs finished per minute over the last day.
+def _overview_live(client: Client, now: int) -> tuple[dict[str, Any], dict[str, list[int]]]:
+    """What the overview shows, and the runs finished per minute and status over the last day.
 
     The 5-minute, hour and day counts are sums of that per-minute series (one query).
     """
-    series = stats_series_json(
-        client.store.stats_series(now - DAY_MS, now, 60_000), now - DAY_MS, now, 60_000
-    )["series"]
-    windows = []
-    for label, minutes in (("last 5 minutes", 5), ("last hour", 60), ("last day", 1440)):
-        counts: dict[str, int] = {}
-        for bucket in series[-minutes:]:
-            for status, n in bucket["counts"].items():
-                counts[status] = counts.get(status, 0) + n
-        windows.append(
-            {
-                "label": label,
-                "succeeded": counts.get("succeeded", 0),
-                "failed": counts.get("failed", 0),
-                "cancelled": counts.get("cancelled", 0),
-            }
-        )
+    per_minute = {status: [0] * MINUTES_PER_DAY for status in FINISHED}
+    for row in client.store.stats_series(now - DAY_MS, now, 60_000):
+        if row["status"] in per_minute:
+            per_minute[row["status"]][min(int(row["bucket"]), MINUTES_PER_DAY - 1)] += int(row["n"])
+    windows = [
+        {"label": label, **{s: sum(per_minute[s][-minutes:]) for s in FINISHED}}
+        for label, minutes in (("last 5 minutes", 5), ("last hour", 60), ("last day", 1440))
+    ]
     active = client.stats(now)["counts"]  # a window of zero: what is active now
     live = {
         "windows": windows,
@@ -152,7 +143,7 @@ def _overview_live(client: Client, now: int) -> tuple[dict[str, Any], list[dict[
         "workers": [w for w in client.workers() if w["alive"]],
         "now": to_iso(now),
     }
-    return live, series
+    return live, per_minute
 
 
 # -- flows ------------------------------------------------------------------------------------
