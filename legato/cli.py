@@ -244,7 +244,7 @@ def server(
 ) -> None:
     """Serve the REST API (no flow code needed). Beyond loopback it requires API tokens."""
     from .api import create_app
-    from .api.server import make_server, require_auth
+    from .api.server import bind, make_server, require_auth
 
     _configure_logging()
     settings = Settings.from_env()
@@ -252,9 +252,10 @@ def server(
     try:
         needs_auth = require_auth(Client(store, settings), host, insecure)
         api = create_app(store, settings, require_auth=needs_auth)
+        sock = bind(host, port)
         base = f"http://{_url_host(host)}:{port}"
         console.print(f"Legato API on {base}/api/v1 (docs: {base}/api/v1/docs)")
-        make_server(api, host, port).run()
+        make_server(api, host, port).run(sockets=[sock])
     finally:
         store.close()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import threading
 from typing import Any
 
@@ -51,6 +52,23 @@ def require_auth(client: Client, host: str, insecure: bool) -> bool:
         "Create one with `legato tokens create --name admin --role admin`, bind to "
         "127.0.0.1, or pass --insecure"
     )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, or :class:`ConfigurationError` (one clear line)
+    when the address is taken or cannot be assigned."""
+    address = host.strip("[]")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, port))
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise ConfigurationError(f"cannot serve the API on {host}:{port}: {reason}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def make_server(app: Any, host: str, port: int, *, log_level: str = "info") -> uvicorn.Server:

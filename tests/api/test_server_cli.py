@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -105,3 +106,15 @@ def test_a_loopback_server_starts_without_tokens(db_url: str, store: Store, tmp_
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: answers(f"{base}/healthz", proc), timeout=START, interval=0.1)
         assert httpx.get(f"{base}/api/v1/flows").status_code == 200
+
+
+def test_a_port_in_use_is_one_error_line(db_url: str, store: Store) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(["server", "--port", str(port)], db_url)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot serve the API on 127.0.0.1:{port}: Address already in use"
+    ]
