@@ -134,17 +134,21 @@ def build(run: dict[str, Any], tries: list[Attempt], now_ms: int) -> Timeline | 
         )
     rows = [attempt_row]
     failed_step = run.get("failed_step")
+    # One row per step name: a step called in a loop is one row with a bar per call.
+    by_name: dict[str, Row] = {}
+    calls: dict[str, int] = {}
     for step in run.get("steps") or []:
         start = iso_ms(step["started_at"]) or t0
         end = iso_ms(step["finished_at"]) or t1
-        label = step["name"] + (f" \u00d7{step['attempts']}" if step["attempts"] > 1 else "")
-        row = Row(
-            label,
-            step["status"],
-            "step",
-            failing=step["status"] == "failed"
-            or (failed_step is not None and step["name"] == failed_step),
-        )
+        failing = step["status"] == "failed" or step["name"] == failed_step
+        row = by_name.get(step["name"])
+        if row is None:
+            row = by_name[step["name"]] = Row(step["name"], step["status"], "step")
+            rows.append(row)
+        row.failing = row.failing or failing
+        if step["status"] == "failed" or row.status != "failed":
+            row.status = step["status"]
+        calls[step["name"]] = calls.get(step["name"], 0) + 1
         row.bars.append(
             _bar(
                 t0,
@@ -156,7 +160,11 @@ def build(run: dict[str, Any], tries: list[Attempt], now_ms: int) -> Timeline | 
                 + (f", {step['attempts']} attempts" if step["attempts"] > 1 else ""),
             )
         )
-        rows.append(row)
+        if step["attempts"] > 1:
+            row.label = f"{step['name']} \u00d7{step['attempts']}"
+    for name, count in calls.items():
+        if count > 1:
+            by_name[name].label = f"{name} ({count} calls)"
     ticks = [(100.0 * i / 4, "+" + duration(span * i / 4)) for i in range(5)]
     ticks[0] = (0.0, "0")
     return Timeline(span, rows, ticks)

@@ -162,5 +162,6 @@ def test_empty_states_explain_what_to_do(sqlite_url: str, open_page: Any) -> Non
             page.errors.remove(
                 "Failed to load resource: the server responded with a status of 404 (Not Found)"
             )
+            page.tab.goto("about:blank")  # nothing polls the server once it stops
     finally:
         store.close()
