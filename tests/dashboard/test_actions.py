@@ -79,6 +79,19 @@ def test_cancel_and_retry_from_the_run_page(dashboard: Dashboard, open_page: Any
     dashboard.client.cancel(retry_id)
 
 
+def test_runs_list_updates_live(dashboard: Dashboard, open_page: Any) -> None:
+    """The first page of runs refreshes itself: a status change shows without a reload."""
+    handle = dashboard.flow("slow").submit(ticks=500)
+    dashboard.wait_status(handle.id, "running")
+    page = open_page(dashboard.url)
+    tab = page.tab
+    page.go("/runs")
+    row = tab.locator("#runs-table tbody tr", has_text=handle.id[:16])
+    expect(row).to_contain_text("running")
+    dashboard.client.cancel(handle.id)
+    expect(row).to_contain_text("cancelled", timeout=30_000)
+
+
 def test_pause_and_resume_schedules(dashboard: Dashboard, open_page: Any) -> None:
     page = open_page(dashboard.url)
     tab = page.tab
