@@ -67,6 +67,15 @@
 
   function sized(el) { return Math.max(280, el.clientWidth || 600); }
 
+  // Axis and grid colours follow the page's (light or dark) theme.
+  function axes(label, size) {
+    var css = getComputedStyle(document.documentElement);
+    var ink = css.getPropertyValue("--muted").trim() || "#5c6673";
+    var line = css.getPropertyValue("--line").trim() || "#dde1e6";
+    var axis = { stroke: ink, grid: { stroke: line, width: 1 }, ticks: { stroke: line, width: 1 } };
+    return [axis, Object.assign({ label: label, size: size }, axis)];
+  }
+
   function activityChart(el, data) {
     var names = ["succeeded", "failed", "cancelled"];
     var series = [{}];
@@ -82,7 +91,7 @@
     });
     return new uPlot({
       width: sized(el), height: 240, series: series,
-      axes: [{}, { label: "runs / min", size: 50 }],
+      axes: axes("runs / min", 50),
       scales: { y: { range: function (u, min, max) { return [0, Math.max(4, max)]; } } }
     }, rows, el);
   }
@@ -105,7 +114,7 @@
     });
     return new uPlot({
       width: sized(el), height: 220, series: series,
-      axes: [{}, { label: "seconds", size: 55 }],
+      axes: axes("seconds", 55),
       scales: {
         x: { range: function (u, min, max) { return min === max ? [min - 3600, max + 3600] : [min, max]; } },
         y: { range: function (u, min, max) { return [0, Math.max(1, max * 1.1)]; } } }
