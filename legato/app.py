@@ -8,7 +8,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -19,6 +19,7 @@ from .config import Settings
 from .config import database_url as resolve_database_url
 from .context import current_run
 from .errors import ConfigurationError, RunCancelled, RunFailed, UnknownFlow, UnknownRun
+from .limits import FlowControl, KeySpec, RateLimit, limit_keys_for
 from .retry import RetryPolicy
 from .store import FlowRecord, NewRun, Store, open_store
 from .store.records import TERMINAL
@@ -68,6 +69,13 @@ class App:
         priority: int = 0,
         schedule: Any = None,
         concurrency: int | None = None,
+        concurrency_key: KeySpec = None,
+        limits: Sequence[str] = (),
+        rate_limit: str | tuple[int, float] | RateLimit | None = None,
+        rate_limit_key: KeySpec = None,
+        isolation: str = "thread",
+        memory_limit: int | None = None,
+        max_recoveries: int | None = None,
         on_event: str | list[str] | None = None,
         event_filter: dict[str, Any] | None = None,
     ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
@@ -124,6 +132,13 @@ class App:
         """Record every flow and its schedules in the database (done by workers at start)."""
         store = self.store
         store.upsert_flows([f.record() for f in self.flows.values()])
+        set_rows: list[dict[str, Any]] = []
+        clear: list[str] = []
+        for flow in self.flows.values():
+            rows, cleared = flow.control.limit_rows()
+            set_rows.extend(rows)
+            clear.extend(cleared)
+        store.sync_flow_limits(set_rows, clear)
         now = store.now_ms()
         for flow in self.flows.values():
             store.sync_schedules(
@@ -203,6 +218,10 @@ def _submit(app: App, flow: FlowRecord, params: dict[str, Any], opts: SubmitOpti
         trigger, parent_id = "subflow", parent.run_id
         key = key or parent.next_child_key()
     delay = opts.delay.total_seconds() if isinstance(opts.delay, timedelta) else opts.delay
+    local = app.flows.get(flow.name)
+    limit_keys = limit_keys_for(
+        flow.flow_control, params, local.control if local is not None else None
+    )
     row, _created = app.store.create_run(
         NewRun(
             id=new_run_id(),
@@ -217,6 +236,7 @@ def _submit(app: App, flow: FlowRecord, params: dict[str, Any], opts: SubmitOpti
             idempotency_key=key,
             at_ms=to_ms(opts.at) if opts.at is not None else None,
             delay_ms=int((delay or 0) * 1000),
+            limit_keys=limit_keys,
         )
     )
     return RunHandle(app, row["id"])
@@ -239,6 +259,13 @@ class Flow(Generic[P, R]):
         priority: int = 0,
         schedule: Any = None,
         concurrency: int | None = None,
+        concurrency_key: KeySpec = None,
+        limits: Sequence[str] = (),
+        rate_limit: str | tuple[int, float] | RateLimit | None = None,
+        rate_limit_key: KeySpec = None,
+        isolation: str = "thread",
+        memory_limit: int | None = None,
+        max_recoveries: int | None = None,
         on_event: str | list[str] | None = None,
         event_filter: dict[str, Any] | None = None,
     ) -> None:
@@ -255,6 +282,17 @@ class Flow(Generic[P, R]):
         self.priority = priority
         self.schedules = schedules_module.coerce(schedule)
         self.concurrency = concurrency
+        self.control = FlowControl(
+            flow=self.name,
+            concurrency=concurrency,
+            concurrency_key=concurrency_key,
+            limits=tuple([limits] if isinstance(limits, str) else limits),
+            rate_limit=RateLimit.coerce(rate_limit),
+            rate_limit_key=rate_limit_key,
+            isolation=isolation,
+            memory_limit_mb=memory_limit,
+            max_recoveries=max_recoveries,
+        )
         self.on_event = [on_event] if isinstance(on_event, str) else list(on_event or [])
         self.event_filter = dict(event_filter or {})
         if self.event_filter and not self.on_event:
@@ -283,6 +321,8 @@ class Flow(Generic[P, R]):
             on_event=json.dumps(self.on_event) if self.on_event else None,
             event_filter=json.dumps(self.event_filter) if self.event_filter else None,
             is_async=self.is_async,
+            flow_control=json.dumps(control) if (control := self.control.describe()) else None,
+            max_recoveries=self.control.max_recoveries,
         )
 
     def bind_params(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -50,6 +50,10 @@ cli.add_typer(queues_cli, name="queues")
 cli.add_typer(db_cli, name="db")
 tokens_cli = typer.Typer(help="API tokens: create, list, revoke.", no_args_is_help=True)
 cli.add_typer(tokens_cli, name="tokens")
+limits_cli = typer.Typer(
+    help="Named concurrency and rate limits shared by flows.", no_args_is_help=True
+)
+cli.add_typer(limits_cli, name="limits")
 
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
@@ -416,6 +420,10 @@ def runs_show(
     )
     if run["duration_ms"] is not None:
         console.print(f"  {'duration':<14} {_duration(run['duration_ms'])}")
+    if run.get("waiting"):
+        console.print(f"  {'waiting':<14} {run['waiting']['message']}", markup=False)
+        for other in run["waiting"]["reasons"][1:]:
+            console.print(f"  {'':<14} also: {other['message']}", markup=False)
     if run["steps"]:
         table = Table("#", "step", "status", "attempts", "started", "duration", "error")
         for s in run["steps"]:
@@ -638,6 +646,117 @@ def queues_list(as_json: JsonOption = False, db: DbOption = None) -> None:
             load or "-",
         )
     console.print(table)
+
+
+@queues_cli.command("pause")
+def queues_pause(queue: Annotated[str, typer.Argument()], db: DbOption = None) -> None:
+    """Stop starting runs from a queue (running runs finish; waiting runs stay queued)."""
+    _client(db).set_queue(queue, paused=True)
+    console.print(f"queue {queue} paused", markup=False)
+
+
+@queues_cli.command("resume")
+def queues_resume(queue: Annotated[str, typer.Argument()], db: DbOption = None) -> None:
+    """Start runs from a paused queue again."""
+    _client(db).set_queue(queue, paused=False)
+    console.print(f"queue {queue} resumed", markup=False)
+
+
+@queues_cli.command("set")
+def queues_set(
+    queue: Annotated[str, typer.Argument()],
+    strict: Annotated[
+        bool | None,
+        typer.Option("--strict/--no-strict", help="One run at a time, in submission order."),
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", help="At most N running from the queue.")
+    ] = None,
+    no_concurrency: Annotated[
+        bool, typer.Option("--no-concurrency", help="Remove the queue's concurrency limit.")
+    ] = False,
+    as_json: JsonOption = False,
+    db: DbOption = None,
+) -> None:
+    """Make a queue strict (FIFO, one at a time) or give it a concurrency limit."""
+    if concurrency is not None and no_concurrency:
+        _fail("give --concurrency N or --no-concurrency, not both")
+    client = _client(db)
+    if no_concurrency:
+        state = client.set_queue(queue, strict=strict, concurrency=None)
+    elif concurrency is not None:
+        state = client.set_queue(queue, strict=strict, concurrency=concurrency)
+    else:
+        state = client.set_queue(queue, strict=strict)
+    if as_json:
+        _print_json(state)
+        return
+    console.print(
+        f"queue {queue}: {'paused' if state['paused'] else 'active'}, "
+        f"{'strict (FIFO, one at a time)' if state['strict'] else 'best-effort order'}, "
+        f"concurrency {state['concurrency'] if state['concurrency'] is not None else 'unlimited'}",
+        markup=False,
+    )
+
+
+# -- limits -------------------------------------------------------------------------------------
+
+
+@limits_cli.command("set")
+def limits_set(
+    name: Annotated[str, typer.Argument(help="The limit's name, as in @app.flow(limits=[...]).")],
+    size: Annotated[int | None, typer.Argument(help="At most N runs hold it at once.")] = None,
+    rate: Annotated[
+        str | None, typer.Option("--rate", help="At most N starts per period: 10/s, 100/1m.")
+    ] = None,
+    as_json: JsonOption = False,
+    db: DbOption = None,
+) -> None:
+    """Create or resize a named limit shared by every flow that lists it."""
+    limit = _client(db).set_limit(name, size, rate)
+    if as_json:
+        _print_json(limit)
+        return
+    console.print(f"limit {name}: {_limit_size(limit)}", markup=False)
+
+
+@limits_cli.command("list")
+def limits_list(as_json: JsonOption = False, db: DbOption = None) -> None:
+    """Every limit (flows' own and named ones) with its size and current use."""
+    limits = _client(db).limits()
+    if as_json:
+        _print_json(limits)
+        return
+    if not limits:
+        console.print("no limits: declare them on flows or run 'legato limits set NAME N'")
+        return
+    table = Table("limit", "kind", "size", "running", "busiest keys")
+    for item in limits:
+        busiest = sorted(item["running_by_key"].items(), key=lambda kv: -kv[1])[:3]
+        table.add_row(
+            item["name"],
+            item["kind"],
+            _limit_size(item),
+            str(item["running"]),
+            ", ".join(f"{k or '-'}: {n}" for k, n in busiest) or "-",
+        )
+    console.print(table)
+
+
+@limits_cli.command("delete")
+def limits_delete(name: Annotated[str, typer.Argument()], db: DbOption = None) -> None:
+    """Remove a named limit (flows listing it are then unlimited by it)."""
+    _client(db).delete_limit(name)
+    console.print(f"limit {name} deleted", markup=False)
+
+
+def _limit_size(item: dict[str, Any]) -> str:
+    parts = []
+    if item["concurrency"] is not None:
+        parts.append(f"{item['concurrency']} at once")
+    if item["rate"] is not None:
+        parts.append(f"{item['rate']} starts per {item['period_seconds']:g}s")
+    return ", ".join(parts) or "unlimited"
 
 
 # -- schedules ----------------------------------------------------------------------------------

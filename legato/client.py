@@ -13,10 +13,11 @@ import json
 from datetime import datetime
 from typing import Any
 
-from . import serialization, tokens
+from . import flow_control, serialization, tokens, waiting
 from .app import new_run_id
 from .config import Settings
 from .errors import InvalidState, UnknownFlow, UnknownRun, UnknownToken
+from .limits import limit_keys_for
 from .scheduler import schedule_run_key
 from .schedules import Schedule
 from .serializers import (
@@ -91,7 +92,9 @@ class Client:
         row = self.store.get_run(run_id)
         if row is None:
             raise UnknownRun(f"no run with id {run_id!r}")
-        return run_json(row, self.store.get_steps(run_id), self.store.get_events(run_id))
+        out = run_json(row, self.store.get_steps(run_id), self.store.get_events(run_id))
+        out["waiting"] = waiting.explain(self.store, row, self.settings)
+        return out
 
     def runs(
         self,
@@ -150,6 +153,7 @@ class Client:
                 idempotency_key=idempotency_key,
                 at_ms=to_ms(at) if at is not None else None,
                 delay_ms=int((delay_seconds or 0) * 1000),
+                limit_keys=limit_keys_for(record.flow_control, params),
             )
         )
         return run_json(row), created
@@ -183,6 +187,7 @@ class Client:
                 trigger="retry",
                 parent_id=row["parent_id"],
                 retry_of=run_id,
+                limit_keys=row["limit_keys"],
             )
         )
         return run_json(new)
@@ -233,6 +238,7 @@ class Client:
                     idempotency_key=f"event:{event}:{idempotency_key}:{flow.name}"
                     if idempotency_key
                     else None,
+                    limit_keys=limit_keys_for(flow.flow_control, params),
                 )
             )
             runs.append(run_json(row))
@@ -340,6 +346,7 @@ class Client:
                     trigger="schedule",
                     schedule_id=schedule_id,
                     idempotency_key=schedule_run_key(schedule_id, fire),
+                    limit_keys=limit_keys_for(record.flow_control, schedule.params),
                 )
             )
             out.append((str(row["id"]), created))
@@ -357,7 +364,36 @@ class Client:
 
     def queues(self) -> list[dict[str, Any]]:
         dead_ms = int(self.settings.worker_dead_after_seconds * 1000)
-        return queues_json(self.store.queue_counts(), self.store.list_workers(dead_ms))
+        out = queues_json(self.store.queue_counts(), self.store.list_workers(dead_ms))
+        return flow_control.with_queue_settings(out, self.store.queue_settings())
+
+    # -- flow control: queues and limits (legato.flow_control) -------------------------------
+
+    def set_queue(
+        self,
+        name: str,
+        *,
+        paused: bool | None = None,
+        strict: bool | None = None,
+        concurrency: int | flow_control.Unset | None = flow_control.UNSET,
+    ) -> dict[str, Any]:
+        """Pause/resume a queue, make it strict or not, set or clear its concurrency limit."""
+        return flow_control.set_queue(
+            self.store, name, paused=paused, strict=strict, concurrency=concurrency
+        )
+
+    def limits(self) -> list[dict[str, Any]]:
+        """Every limit with its size and current use."""
+        return flow_control.limits(self.store)
+
+    def set_limit(
+        self, name: str, concurrency: int | None = None, rate: str | None = None
+    ) -> dict[str, Any]:
+        """Create or resize a named limit (``limits=[name]`` on flows)."""
+        return flow_control.set_limit(self.store, name, concurrency, rate)
+
+    def delete_limit(self, name: str) -> None:
+        flow_control.delete_limit(self.store, name)
 
     # -- REST API: pages, series, overviews, readiness ------------------------------------------
 

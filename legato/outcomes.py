@@ -27,9 +27,15 @@ MAX_BATCH = 256
 class OutcomeWriter(Generic[T]):
     """Writes outcomes in batches; calls ``done(item, written)`` for each afterwards."""
 
-    def __init__(self, store: Store, done: Callable[[T, bool], None]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        done: Callable[[T, bool], None],
+        wakes: Callable[[T], bool] | None = None,
+    ) -> None:
         self.store = store
         self.done = done
+        self.wakes = wakes  # does this item's end free a limit's slot (wake other workers)?
         self._queue: queue.SimpleQueue[tuple[T, Outcome] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="legato-outcomes", daemon=True)
         self._thread.start()
@@ -59,7 +65,13 @@ class OutcomeWriter(Generic[T]):
 
     def _write(self, batch: list[tuple[T, Outcome]]) -> None:
         try:
-            written = self.store.write_outcomes([outcome for _, outcome in batch])
+            wake = self.wakes is not None and any(self.wakes(item) for item, _ in batch)
+            outcomes = [outcome for _, outcome in batch]
+            written = (
+                self.store.write_outcomes(outcomes, wake=True)
+                if wake
+                else self.store.write_outcomes(outcomes)
+            )
         except Exception:
             log.exception("could not write %d outcome(s); their leases will expire", len(batch))
             written = [False] * len(batch)

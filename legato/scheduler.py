@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .app import new_run_id
+from .limits import limit_keys_for
 from .schedules import Schedule
 from .store import NewRun, Store
 from .store.base import Tx
@@ -109,6 +110,7 @@ class Scheduler:
             schedule_id=row["id"],
             idempotency_key=schedule_run_key(row["id"], fire),
             at_ms=fire + schedule.jitter_ms(row["id"], fire),
+            limit_keys=limit_keys_for(row.get("flow_control"), schedule.params),
         )
 
     def _overlap_allows(self, schedule: Schedule, schedule_id: str, tx: Tx) -> bool:

@@ -37,6 +37,8 @@ from .errors import (
     Suspend,
 )
 from .interrupt import Interrupter, _Alarm
+from .isolation import ChildProcessDied, run_in_child
+from .limits import default_max_recoveries
 from .logcapture import Capture, LogWriter
 from .outcomes import OutcomeWriter
 from .pool import AsyncRunner, ThreadSlots
@@ -50,6 +52,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("legato.worker")
 
 TIMEOUT_GRACE_SECONDS = 1.0
+FLOW_CONTROL_REFRESH_SECONDS = 1.0
+GATED_IDLE_SECONDS = 0.05
+GATED_PREFETCH_MAX_SECONDS = 0.05
+RATE_PRUNE_SECONDS = 60.0
 
 
 class Execution:
@@ -120,9 +126,22 @@ class Worker:
         self._async_slots: asyncio.Semaphore | None = None
         self.scheduler = Scheduler(self.store)
         self._outcomes: OutcomeWriter[Execution] = OutcomeWriter(
-            self.store, lambda exe, _written: self._release(exe)
+            self.store,
+            lambda exe, _written: self._release(exe),
+            lambda exe: exe.claimed.id in self._gated_ids,
         )
         self.started = threading.Event()
+        # Flow control: whether this worker's flows have limits, which of its queues are
+        # strict or limited (re-read every second), and when to ask the gated claim again.
+        self._gated_flows = any(f.control.gated for f in app.flows.values())
+        self._limited_queues: set[str] = set()
+        self._flow_control_read = -FLOW_CONTROL_REFRESH_SECONDS
+        self._gated_idle_until = 0.0
+        self._gated_freed = threading.Event()
+        self._gated_ids: set[str] = set()
+        self._max_recoveries = default_max_recoveries()
+        self._pruned_at = 0.0
+        self._run_seconds = 1.0  # moving average of claim-to-end time (gated prefetch)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -191,7 +210,13 @@ class Worker:
                 continue
             want = min(free, self.settings.claim_batch)
             try:
-                claimed = self.store.claim(self.id, self.queues, want, self.lease_ms)
+                gated = self._claim_gated()
+                for run in gated:
+                    self._start(run)
+                want -= len(gated)
+                claimed = (
+                    self.store.claim(self.id, self.queues, want, self.lease_ms) if want else []
+                )
             except Exception as exc:
                 log.error("claim failed: %s", exc)
                 self._stopping.wait(wait)
@@ -204,10 +229,50 @@ class Worker:
                 for payload in self.store.listen(wait):
                     if payload == "cancel":
                         self._heartbeat_now.set()
+                    elif payload == "slot":
+                        self._gated_freed.set()
                     break
             except Exception as exc:  # pragma: no cover - listener reconnects next time
                 log.warning("wake-up listener failed: %s", exc)
                 self._stopping.wait(wait)
+
+    def _refresh_flow_control(self) -> None:
+        """Re-read queue settings (at most every second): is a gated claim needed here?"""
+        now = time.monotonic()
+        if now - self._flow_control_read < FLOW_CONTROL_REFRESH_SECONDS:
+            return
+        self._flow_control_read = now
+        limited = {
+            r["name"]
+            for r in self.store.queue_settings()
+            if r["strict"] or r["concurrency"] is not None
+        }
+        self._limited_queues = limited & set(self.queues)
+
+    def _claim_gated(self) -> list[ClaimedRun]:
+        """Claim runs with limits, or from limited queues, when this worker may have any.
+
+        Runs are claimed for free slots, plus the prefetch while this worker's runs are short.
+        An empty answer is not asked again for a short while, unless a gated run ended here.
+        """
+        self._refresh_flow_control()
+        if not (self._gated_flows or self._limited_queues):
+            return []
+        # Prefetch (claim ahead of a free thread) only while runs here are short: a claimed
+        # run holds its limit's slot, and must not wait long for a thread meanwhile.
+        ahead = self.prefetch if self._run_seconds < GATED_PREFETCH_MAX_SECONDS else 0
+        free = self.concurrency + ahead - len(self._active)
+        now = time.monotonic()
+        if free <= 0 or (now < self._gated_idle_until and not self._gated_freed.is_set()):
+            return []
+        self._gated_freed.clear()
+        runs = self.store.claim_gated(
+            self.id, self.queues, min(free, self.settings.claim_batch), self.lease_ms
+        )
+        self._gated_idle_until = now + (0 if runs else GATED_IDLE_SECONDS)
+        for run in runs:
+            self._gated_ids.add(run.id)
+        return runs
 
     def _start(self, run: ClaimedRun) -> None:
         flow = self.app.flows.get(run.flow)
@@ -220,7 +285,7 @@ class Worker:
         exe = Execution(run, ctx, flow)
         with self._active_lock:
             self._active[run.id] = exe
-        if flow is not None and flow.is_async:
+        if flow is not None and flow.is_async and flow.control.isolation != "process":
             assert self._async is not None
             self._async.submit(self._run_async(exe))
         else:
@@ -244,8 +309,11 @@ class Worker:
         exe.thread_id = threading.get_ident()
         if exe.done:
             return
-        self._watch_timeout(exe)
         flow = exe.flow
+        if flow is not None and flow.control.isolation == "process":
+            self._run_isolated(exe, flow)
+            return
+        self._watch_timeout(exe)
         if flow is None:
             self._record(
                 exe,
@@ -260,6 +328,33 @@ class Worker:
         finally:
             current_run.reset(token)
         self._record(exe, kind, payload)
+
+    def _run_isolated(self, exe: Execution, flow: Flow[Any, Any]) -> None:
+        """One attempt in a child process (see :mod:`legato.isolation`)."""
+        try:
+            answer = run_in_child(
+                flow, exe.ctx, self.store.url.raw, self.settings.max_payload_bytes
+            )
+        except Exception as exc:
+            answer = {"kind": "died", "error": f"could not start the flow's process: {exc}"}
+        kind = answer["kind"]
+        if kind == "ok":
+            self._record(exe, "ok_json", answer["result"])
+        elif kind == "timeout":
+            timeout = FlowTimeout(
+                f"flow {flow.name!r} timed out after {flow.timeout:g}s (its process was killed)"
+            )
+            self._record(exe, "error", timeout)
+        elif kind == "died":
+            self._record(exe, "error", ChildProcessDied(answer["error"].split(": ", 1)[-1]))
+        elif kind == "error":
+            self._record(exe, "child_error", answer)
+        elif kind == "suspend":
+            self._record(exe, "suspend", Suspend(answer["wake_ms"]))
+        elif kind == "cancelled":
+            self._record(exe, "cancelled", None)
+        else:
+            self._record(exe, "lost", None)
 
     def _call_sync(self, exe: Execution, flow: Flow[Any, Any]) -> tuple[str, Any]:
         alarm = None
@@ -348,6 +443,10 @@ class Worker:
                     kind, payload = "error", exc
                 else:
                     outcome = finish_outcome(run.id, run.token, "succeeded", result=result)
+            if kind == "ok_json":  # a child process's result, already JSON
+                outcome = finish_outcome(run.id, run.token, "succeeded", result=payload)
+            elif kind == "child_error":
+                outcome = self._child_error_outcome(exe, payload)
             if kind == "suspend":
                 outcome = suspend_outcome(run.id, run.token, payload.wake_ms)
             elif kind == "cancelled":
@@ -385,6 +484,28 @@ class Worker:
             run.id, run.token, "failed", error=error, traceback=tb, failed_step=failed_step
         )
 
+    def _child_error_outcome(self, exe: Execution, answer: dict[str, Any]) -> Outcome:
+        """The outcome of an attempt that raised in a child process (it said if retryable)."""
+        run = exe.claimed
+        policy = exe.flow.retry if exe.flow is not None else None
+        if answer["retryable"] and policy is not None and run.attempt < run.max_attempts:
+            return retry_outcome(
+                run.id,
+                run.token,
+                int(policy.delay_for(run.attempt) * 1000),
+                error=answer["error"],
+                traceback=answer["traceback"],
+                failed_step=answer["failed_step"],
+            )
+        return finish_outcome(
+            run.id,
+            run.token,
+            "failed",
+            error=answer["error"],
+            traceback=answer["traceback"],
+            failed_step=answer["failed_step"],
+        )
+
     def _enforce_timeout(self, exe: Execution) -> None:
         """The run's code ignored its timeout past the grace: fail it and free the slot."""
         if not exe.take_outcome():
@@ -413,6 +534,11 @@ class Worker:
     def _release(self, exe: Execution) -> None:
         with self._active_lock:
             self._active.pop(exe.claimed.id, None)
+        took = time.monotonic() - exe.claimed_at
+        self._run_seconds += (took - self._run_seconds) * 0.2
+        if exe.claimed.id in self._gated_ids:
+            self._gated_ids.discard(exe.claimed.id)
+            self._gated_freed.set()
         self._slot_freed.set()
 
     # -- heartbeat -----------------------------------------------------------------------
@@ -449,9 +575,14 @@ class Worker:
                 exe.ctx.cancel_requested.set()
                 if exe.task is not None and self._async is not None:
                     self._async.call_soon(exe.task.cancel)
-        requeued = self.store.requeue_expired()
+        requeued, poisoned = self.store.recover_expired(self._max_recoveries)
         if requeued:
             log.warning("requeued %d run(s) whose worker stopped heartbeating", requeued)
+        for row in poisoned:
+            log.error("run %s failed as poison: %s", row["id"], row["error"])
+        if time.monotonic() - self._pruned_at > RATE_PRUNE_SECONDS:
+            self._pruned_at = time.monotonic()
+            self.store.prune_rate_starts()
 
     # -- shutdown ------------------------------------------------------------------------
 

@@ -16,8 +16,12 @@ from typing import Any
 
 from . import queries as q
 from .records import ClaimedRun, FlowRecord, LogLine, NewRun, RunFilter, StepRecord
+from .url import DatabaseURL
 
 Row = dict[str, Any]
+
+#: Lease expiries a run survives before it is failed as poison (a flow may set its own).
+DEFAULT_MAX_RECOVERIES = 5
 
 _FILTER_COLUMNS = ("flow", "status", "queue", "trigger", "parent_id")
 RUN_SORT_COLUMNS = ("created_at", "finished_at")
@@ -41,6 +45,7 @@ class Store(ABC):
 
     dialect: q.Dialect
     name: str  # "sqlite" | "postgresql"
+    url: DatabaseURL
 
     def __init__(self) -> None:
         self._sql: dict[str, str] = {}
@@ -120,6 +125,8 @@ class Store(ABC):
                 "on_event": f.on_event,
                 "event_filter": f.event_filter,
                 "is_async": int(f.is_async),
+                "flow_control": f.flow_control,
+                "max_recoveries": f.max_recoveries,
             }
             for f in flows
         ]
@@ -237,24 +244,126 @@ class Store(ABC):
                 **self._claim_params(queues),
             },
         )
-        return [
-            ClaimedRun(
-                id=r["id"],
-                flow=r["flow"],
-                params=r["params"],
-                attempt=r["attempts"],
-                max_attempts=r["max_attempts"],
-                token=r["lease_token"],
-                queue=r["queue"],
-                parent_id=r["parent_id"],
-                has_history=bool(r["has_history"]),
-            )
-            for r in rows
-        ]
+        if len(rows) > 1:  # started in claim order
+            rows.sort(key=lambda r: (r["claim_at"], r["seq"]))
+        return [_claimed(r) for r in rows]
 
-    def requeue_expired(self) -> int:
-        """Put runs whose lease expired back in their queue, to resume elsewhere."""
-        return self._write(self.sql("REQUEUE_EXPIRED"))
+    def claim_gated(
+        self, worker_id: str, queues: Sequence[str], limit: int, lease_ms: int
+    ) -> list[ClaimedRun]:
+        """Claim runs that are subject to limits or in limited queues (see :mod:`.gate`)."""
+        from .gate import claim_gated
+
+        rows = claim_gated(self, worker_id, queues, limit, lease_ms)
+        rows.sort(key=lambda r: (r["claim_at"], r["seq"]))
+        return [_claimed(r) for r in rows]
+
+    def _gated_transaction(self) -> AbstractContextManager[Tx]:
+        """A write transaction serialised with every other gated claim (SQLite's writers
+        already are; PostgreSQL takes an advisory lock)."""
+        return self._transaction()
+
+    def requeue_expired(self, max_recoveries: int = DEFAULT_MAX_RECOVERIES) -> int:
+        """Put runs whose lease expired back in their queue, to resume elsewhere.
+
+        A run already recovered ``max_recoveries`` times (the flow's own setting first) is
+        poison: it ends ``failed`` instead. Returns how many runs were requeued.
+        """
+        requeued, _ = self.recover_expired(max_recoveries)
+        return requeued
+
+    def recover_expired(
+        self, max_recoveries: int = DEFAULT_MAX_RECOVERIES
+    ) -> tuple[int, list[Row]]:
+        """Fail poison runs, requeue the other expired ones: ``(requeued, poisoned rows)``."""
+        with self._transaction() as tx:
+            poisoned = tx.read(self.sql("FAIL_POISONED"), {"max_recoveries": max_recoveries})
+            for row in poisoned:
+                tx.write(
+                    self.sql("CLOSE_RUNNING_STEPS"), {"run_id": row["id"], "error": row["error"]}
+                )
+            requeued = tx.write(self.sql("REQUEUE_EXPIRED"))
+        return requeued, poisoned
+
+    # -- flow control: queues and limits -----------------------------------------------------
+
+    def queue_settings(self) -> list[Row]:
+        """Queues with settings: ``name, paused, strict, concurrency``."""
+        return self._read(self.sql("QUEUE_SETTINGS"))
+
+    def set_queue(self, name: str, *, paused: bool, strict: bool, concurrency: int | None) -> None:
+        params = {
+            "name": name,
+            "paused": int(paused),
+            "strict": int(strict),
+            "concurrency": concurrency,
+        }
+        if not paused and not strict and concurrency is None:
+            self._write(self.sql("DELETE_QUEUE"), {"name": name})
+        else:
+            self._write(self.sql("UPSERT_QUEUE"), params)
+
+    def list_limits(self) -> list[Row]:
+        return self._read(self.sql("LIST_LIMITS"))
+
+    def set_limit(
+        self,
+        name: str,
+        *,
+        kind: str = "named",
+        concurrency: int | None = None,
+        rate: int | None = None,
+        period_ms: int | None = None,
+    ) -> None:
+        self._write(
+            self.sql("UPSERT_LIMIT"),
+            {
+                "name": name,
+                "kind": kind,
+                "concurrency": concurrency,
+                "rate": rate,
+                "period_ms": period_ms,
+            },
+        )
+
+    def sync_flow_limits(self, set_rows: Sequence[dict[str, Any]], clear: Sequence[str]) -> None:
+        """Store the limits flows declare (``name, concurrency, rate, period_ms``) and clear
+        the flow limits named in ``clear`` (a flow that no longer declares them)."""
+        if not set_rows and not clear:
+            return
+        with self._transaction() as tx:
+            if set_rows:
+                tx.write_many(
+                    self.sql("UPSERT_LIMIT"), [{"kind": "flow", **row} for row in set_rows]
+                )
+            if clear:
+                tx.write_many(self.sql("CLEAR_FLOW_LIMIT"), [{"name": n} for n in clear])
+
+    def delete_limit(self, name: str) -> bool:
+        return bool(self._write(self.sql("DELETE_LIMIT"), {"name": name}))
+
+    def running_with_limits(self) -> list[Row]:
+        """Running runs that hold limits: ``id, queue, limit_keys, started_at``."""
+        return self._read(self.sql("RUNNING_WITH_LIMITS"))
+
+    def running_in_queue(self, queue: str) -> list[str]:
+        return [r["id"] for r in self._read(self.sql("RUNNING_IN_QUEUE"), {"queue": queue})]
+
+    def rate_counts(self) -> list[Row]:
+        """Starts within the period of each rate-limited key: ``name, key, n, first``."""
+        return self._read(self.sql("RATE_COUNTS"))
+
+    def runs_ahead(self, run_id: str, queue: str) -> int:
+        """How many due, waiting runs of ``queue`` come before ``run_id`` in claim order."""
+        rows = self._read(self.sql("RUN_SEQ"), {"id": run_id})
+        if not rows:
+            return 0
+        params = {"queue": queue, "claim_key": rows[0]["claim_key"], "seq": rows[0]["seq"]}
+        return int(self._read(self.sql("STRICT_AHEAD"), params)[0]["n"])
+
+    def prune_rate_starts(self) -> int:
+        """Forget starts older than their limit's period."""
+        return self._write(self.sql("PRUNE_RATE_STARTS"))
 
     def heartbeat(self, worker_id: str, running: int, lease_ms: int) -> list[Row]:
         """Extend the leases of all the worker's runs in one statement.
@@ -312,13 +421,20 @@ class Store(ABC):
         """Release a run's slot until ``wake_ms``; it resumes (same attempt) when due (fenced)."""
         return self.write_outcomes([suspend_outcome(run_id, token, wake_ms)])[0]
 
-    def write_outcomes(self, outcomes: Sequence[Outcome]) -> list[bool]:
+    def write_outcomes(self, outcomes: Sequence[Outcome], *, wake: bool = False) -> list[bool]:
         """Write several attempts' outcomes in one transaction (group commit).
 
         Each is fenced on its own: the answer says, per outcome, whether it was written.
+        ``wake``: a run that held a limit ended, so wake workers waiting for its slot.
         """
         with self._transaction() as tx:
-            return self._write_outcomes(tx, outcomes)
+            written = self._write_outcomes(tx, outcomes)
+            if wake:
+                self._notify_slot_freed(tx)
+            return written
+
+    def _notify_slot_freed(self, tx: Tx) -> None:  # noqa: B027 - SQLite wakes on any commit
+        """Wake idle workers: a limit's slot is free (PostgreSQL sends a NOTIFY)."""
 
     def _write_outcomes(self, tx: Tx, outcomes: Sequence[Outcome]) -> list[bool]:
         written = []
@@ -686,6 +802,20 @@ def retry_outcome(
 def suspend_outcome(run_id: str, token: int, wake_ms: int) -> Outcome:
     """The run sleeps, without a slot, until ``wake_ms``."""
     return "SUSPEND", {"run_id": run_id, "token": token, "wake_ms": wake_ms}
+
+
+def _claimed(r: Row) -> ClaimedRun:
+    return ClaimedRun(
+        id=r["id"],
+        flow=r["flow"],
+        params=r["params"],
+        attempt=r["attempts"],
+        max_attempts=r["max_attempts"],
+        token=r["lease_token"],
+        queue=r["queue"],
+        parent_id=r["parent_id"],
+        has_history=bool(r["has_history"]),
+    )
 
 
 def _flow(row: Row) -> FlowRecord:

@@ -131,13 +131,27 @@ class PostgresStore(Store):
         """One ordered, limited, ``SKIP LOCKED`` pick per queue through LATERAL, merged."""
         pick = (
             "SELECT r.id FROM unnest(CAST(:queues AS text[])) AS q(name) CROSS JOIN LATERAL ("
-            + q.CLAIM_PICK_ONE_QUEUE.format(queue="q.name", now=DIALECT.now)
-            + " FOR UPDATE SKIP LOCKED) r ORDER BY r.priority DESC, r.scheduled_for LIMIT :limit"
+            + q.CLAIM_PICK_ONE_QUEUE.format(queue="q.name", now=DIALECT.now, seq=DIALECT.seq)
+            + " FOR UPDATE SKIP LOCKED) r ORDER BY r.claim_key, r.seq LIMIT :limit"
         )
         return self.sql("CLAIM", claim_pick=pick)
 
     def _claim_params(self, queues: Sequence[str]) -> dict[str, Any]:
         return {"queues": list(queues)}
+
+    @contextmanager
+    def _gated_transaction(self) -> Iterator[_PgTx]:
+        """BEGIN and the advisory lock in one round trip (the schema name is validated)."""
+        with self._connection() as conn:
+            conn.execute(
+                f"BEGIN; SELECT pg_advisory_xact_lock(hashtext('legato-gated-{self.url.schema}'))"
+            )
+            try:
+                yield _PgTx(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def _insert_runs(self, tx: Tx, runs: Sequence[NewRun]) -> None:
         """One ``unnest`` statement per batch: far fewer round trips than one per run."""
@@ -167,6 +181,9 @@ class PostgresStore(Store):
     def _advance_schedules(self, tx: Tx, advances: Sequence[dict[str, Any]]) -> None:
         if advances:
             tx.write(self.sql("ADVANCE_SCHEDULES_UNNEST"), _columns(advances))
+
+    def _notify_slot_freed(self, tx: Tx) -> None:
+        tx.read("SELECT pg_notify(%(channel)s, 'slot')", {"channel": self.channel})
 
     def _notify_cancel(self) -> None:
         self._write("SELECT pg_notify(%(channel)s, 'cancel')", {"channel": self.channel})

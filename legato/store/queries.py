@@ -6,7 +6,11 @@ Statements use ``:name`` parameters and dialect fragments that each backend fill
 - ``{skip_locked}`` — ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, nothing on SQLite (whose
   writers are serialised by ``BEGIN IMMEDIATE``); ``{lock_schedules}`` the same for the
   schedules row of a join;
-- ``{claim_pick}`` — the ids a claim takes from the worker's queues (see ``claim_pick``).
+- ``{claim_pick}`` — the ids a claim takes from the worker's queues (see ``claim_pick``);
+- ``{seq}`` — submission order: the ``seq`` identity column on PostgreSQL, ``rowid`` on SQLite.
+
+Claim order is ``claim_at`` (the due time minus one minute per priority point: a run's
+effective priority grows by one each minute it waits), then submission order.
 
 Writes made by a worker for a run are *fenced*: they only apply while the run is still
 ``running`` under the lease token the worker got when it claimed the run.
@@ -21,9 +25,14 @@ RUN_COLUMNS = (
     "id, flow, status, params, result, error, traceback, failed_step, attempts, max_attempts, "
     "queue, priority, trigger, worker_id, parent_id, retry_of, idempotency_key, created_at, "
     "scheduled_for, started_at, finished_at, lease_token, lease_expires_at, cancel_requested, "
-    "recoveries, schedule_id"
+    "recoveries, schedule_id, limit_keys"
 )
 CLAIMABLE = "('queued', 'scheduled', 'retrying', 'sleeping')"
+# The claim order (the runs_claim and runs_gated indexes): ``claim_at``, the due time minus
+# one minute per priority point, kept in step with ``scheduled_for`` by every write of it.
+CLAIM_KEY = "claim_at"
+PRIORITY_MINUTE_MS = 60_000
+_AGE = f"CAST(:priority AS BIGINT) * {PRIORITY_MINUTE_MS}"
 NOT_FINISHED = "('queued', 'scheduled', 'retrying', 'sleeping', 'running')"
 FENCE = (
     "EXISTS (SELECT 1 FROM runs WHERE id = :run_id AND lease_token = :token AND status = 'running')"
@@ -31,13 +40,14 @@ FENCE = (
 
 RUN_INSERT_COLUMNS = (
     "INSERT INTO runs (id, flow, status, params, max_attempts, queue, priority, trigger, "
-    "parent_id, retry_of, schedule_id, idempotency_key, created_at, scheduled_for)"
+    "parent_id, retry_of, schedule_id, idempotency_key, created_at, scheduled_for, limit_keys, "
+    "claim_at)"
 )
 # The due time: an absolute time (at_ms) or a delay from the database clock.
 _DUE = "COALESCE(CAST(:at_ms AS BIGINT), {now} + :delay_ms)"
 RUN_VALUES = f"""(:id, :flow, CASE WHEN {_DUE} > {{now}} THEN 'scheduled' ELSE 'queued' END,
         :params, :max_attempts, :queue, :priority, :trigger, :parent_id, :retry_of,
-        :schedule_id, :idempotency_key, {{now}}, {_DUE})"""
+        :schedule_id, :idempotency_key, {{now}}, {_DUE}, :limit_keys, {_DUE} - {_AGE})"""
 INSERT_RUN = f"""
 {RUN_INSERT_COLUMNS}
 VALUES {RUN_VALUES}
@@ -55,14 +65,15 @@ INSERT_RUNS_UNNEST = f"""
 SELECT t.id, t.flow,
        CASE WHEN COALESCE(t.at_ms, {{now}} + t.delay_ms) > {{now}} THEN 'scheduled' ELSE 'queued' END,
        t.params, t.max_attempts, t.queue, t.priority, t.trigger, t.parent_id, t.retry_of,
-       t.schedule_id, t.idempotency_key, {{now}}, COALESCE(t.at_ms, {{now}} + t.delay_ms)
+       t.schedule_id, t.idempotency_key, {{now}}, COALESCE(t.at_ms, {{now}} + t.delay_ms),
+       t.limit_keys, COALESCE(t.at_ms, {{now}} + t.delay_ms) - CAST(t.priority AS BIGINT) * 60000
 FROM unnest(CAST(:id AS text[]), CAST(:flow AS text[]), CAST(:params AS text[]),
             CAST(:max_attempts AS int[]), CAST(:queue AS text[]), CAST(:priority AS int[]),
             CAST(:trigger AS text[]), CAST(:parent_id AS text[]), CAST(:retry_of AS text[]),
             CAST(:schedule_id AS text[]), CAST(:idempotency_key AS text[]),
-            CAST(:at_ms AS bigint[]), CAST(:delay_ms AS bigint[]))
+            CAST(:at_ms AS bigint[]), CAST(:delay_ms AS bigint[]), CAST(:limit_keys AS text[]))
      AS t(id, flow, params, max_attempts, queue, priority, trigger, parent_id, retry_of,
-          schedule_id, idempotency_key, at_ms, delay_ms)
+          schedule_id, idempotency_key, at_ms, delay_ms, limit_keys)
 ON CONFLICT (idempotency_key) DO NOTHING
 """
 
@@ -71,21 +82,48 @@ GET_RUN_BY_KEY = f"SELECT {RUN_COLUMNS} FROM runs WHERE idempotency_key = :key"
 GET_RUN_STATUS = "SELECT status FROM runs WHERE id = :id"
 FIND_RUN_BY_PREFIX = "SELECT id FROM runs WHERE id LIKE :prefix ORDER BY id LIMIT 2"
 
-# The runs a claim takes, best first, from one queue (``:queue``). Ordered like the partial
-# index ``runs_claim`` (queue, priority DESC, scheduled_for), so it reads only what it takes.
-# Placeholders: {queue} (a parameter or column naming the queue) and {now}.
+# The runs a claim takes, best first, from one queue (``:queue``): runs without limits, from a
+# queue that is neither paused nor limited (those go through the gated claim). Ordered like
+# the partial index ``runs_claim`` (queue, CLAIM_KEY, seq), so it reads only what it takes.
+# Placeholders: {queue} (a parameter or column naming the queue), {now} and {seq}.
 CLAIM_PICK_ONE_QUEUE = f"""
-SELECT id, priority, scheduled_for FROM runs
+SELECT id, {CLAIM_KEY} AS claim_key, {{seq}} AS seq FROM runs
 WHERE queue = {{queue}} AND status IN {CLAIMABLE} AND scheduled_for <= {{now}}
-ORDER BY priority DESC, scheduled_for LIMIT :limit"""
+  AND limit_keys IS NULL
+  AND NOT EXISTS (SELECT 1 FROM queues WHERE name = {{queue}}
+                  AND (paused = 1 OR strict = 1 OR concurrency IS NOT NULL))
+ORDER BY {CLAIM_KEY}, {{seq}} LIMIT :limit"""
 
-CLAIM = """
+_CLAIM_SET = """
 UPDATE runs SET status = 'running', worker_id = :worker_id, lease_token = lease_token + 1,
        lease_expires_at = {now} + :lease_ms, attempts = attempts + 1 - resume, resume = 0,
-       started_at = COALESCE(started_at, {now}), cancel_requested = 0
-WHERE id IN ({claim_pick})
+       started_at = COALESCE(started_at, {now}), cancel_requested = 0"""
+_CLAIM_RETURNING = """
 RETURNING id, flow, params, attempts, max_attempts, lease_token, queue, parent_id,
-          CASE WHEN attempts > 1 OR started_at < {now} THEN 1 ELSE 0 END AS has_history
+          CASE WHEN attempts > 1 OR started_at < {now} THEN 1 ELSE 0 END AS has_history,
+          claim_at, {seq} AS seq
+"""
+CLAIM = _CLAIM_SET + "\nWHERE id IN ({claim_pick})" + _CLAIM_RETURNING
+# The gated claim takes the ids it admitted ({claim_pick}: a list of parameters); a run
+# cancelled meanwhile is not claimable any more.
+CLAIM_GATED = (
+    _CLAIM_SET + f"\nWHERE id IN ({{claim_pick}}) AND status IN {CLAIMABLE}" + _CLAIM_RETURNING
+)
+
+# A run whose lease expired after max_recoveries recoveries is poison: it fails instead.
+FAIL_POISONED = """
+UPDATE runs SET status = 'failed', finished_at = {now}, lease_expires_at = NULL,
+       lease_token = lease_token + 1,
+       error = 'PoisonRun: its worker stopped heartbeating (lease expired) '
+               || CAST(recoveries + 1 AS TEXT) || ' times; it was recovered '
+               || CAST(recoveries AS TEXT)
+               || ' times (max_recoveries) and is not recovered again',
+       traceback = NULL
+WHERE id IN (SELECT id FROM runs WHERE status = 'running' AND lease_expires_at < {now}
+             AND recoveries >= COALESCE((SELECT max_recoveries FROM flows
+                                         WHERE flows.name = runs.flow), :max_recoveries)
+             LIMIT 500 {skip_locked})
+RETURNING id, error
 """
 
 REQUEUE_EXPIRED = """
@@ -121,7 +159,8 @@ RETURNING runs.id
 
 RETRY_LATER = """
 UPDATE runs SET status = CASE WHEN :delay_ms > 0 THEN 'retrying' ELSE 'queued' END,
-       scheduled_for = {now} + :delay_ms, error = :error, traceback = :traceback,
+       scheduled_for = {now} + :delay_ms,
+       claim_at = {now} + :delay_ms - CAST(priority AS BIGINT) * 60000, error = :error, traceback = :traceback,
        failed_step = :failed_step, worker_id = NULL, lease_expires_at = NULL
 WHERE id = :run_id AND lease_token = :token AND status = 'running'
 """
@@ -133,7 +172,8 @@ WHERE id = :run_id AND lease_token = :token AND status = 'running'
 """
 
 SUSPEND = """
-UPDATE runs SET status = 'sleeping', scheduled_for = :wake_ms, worker_id = NULL, resume = 1,
+UPDATE runs SET status = 'sleeping', scheduled_for = :wake_ms,
+       claim_at = :wake_ms - CAST(priority AS BIGINT) * 60000, worker_id = NULL, resume = 1,
        lease_expires_at = NULL
 WHERE id = :run_id AND lease_token = :token AND status = 'running'
 """
@@ -201,21 +241,24 @@ SELECT ts, status, attempt, worker_id FROM run_events WHERE run_id = :run_id ORD
 UPSERT_FLOW = """
 INSERT INTO flows (name, description, version, queue, priority, max_attempts, timeout_s,
                    retry_policy, schedules, parameters, is_async, on_event, event_filter,
-                   updated_at)
+                   flow_control, max_recoveries, updated_at)
 VALUES (:name, :description, :version, :queue, :priority, :max_attempts, :timeout_s,
-        :retry_policy, :schedules, :parameters, :is_async, :on_event, :event_filter, {now})
+        :retry_policy, :schedules, :parameters, :is_async, :on_event, :event_filter,
+        :flow_control, :max_recoveries, {now})
 ON CONFLICT (name) DO UPDATE SET description = excluded.description,
     version = excluded.version, queue = excluded.queue, priority = excluded.priority,
     max_attempts = excluded.max_attempts, timeout_s = excluded.timeout_s,
     retry_policy = excluded.retry_policy, schedules = excluded.schedules,
     parameters = excluded.parameters, on_event = excluded.on_event,
-    event_filter = excluded.event_filter,
+    event_filter = excluded.event_filter, flow_control = excluded.flow_control,
+    max_recoveries = excluded.max_recoveries,
     is_async = excluded.is_async, updated_at = excluded.updated_at
 """
 
 FLOW_COLUMNS = (
     "name, description, version, queue, priority, max_attempts, timeout_s, retry_policy, "
-    "schedules, parameters, is_async, schedules_paused, on_event, event_filter, updated_at"
+    "schedules, parameters, is_async, schedules_paused, on_event, event_filter, updated_at, "
+    "flow_control, max_recoveries"
 )
 GET_FLOW = f"SELECT {FLOW_COLUMNS} FROM flows WHERE name = :name"
 LIST_FLOWS = f"SELECT {FLOW_COLUMNS} FROM flows ORDER BY name"
@@ -283,7 +326,7 @@ DELETE_SCHEDULE = "DELETE FROM schedules WHERE id = :id"
 
 SCHEDULE_COLUMNS = (
     "s.id, s.flow, s.definition, s.next_fire_at, s.last_fire_at, f.queue, f.priority, "
-    "f.max_attempts, f.schedules_paused"
+    "f.max_attempts, f.schedules_paused, f.flow_control"
 )
 DUE_SCHEDULES = f"""
 SELECT {SCHEDULE_COLUMNS} FROM schedules s JOIN flows f ON f.name = s.flow
@@ -373,6 +416,7 @@ class Dialect:
     skip_locked: str
     lock_schedules: str
     pyformat: bool  # psycopg wants %(name)s; sqlite3 takes :name
+    seq: str = "seq"  # the submission order column ("rowid" on SQLite)
 
 
 def render(sql: str, dialect: Dialect, **fragments: str) -> str:
@@ -381,9 +425,96 @@ def render(sql: str, dialect: Dialect, **fragments: str) -> str:
         now=dialect.now,
         skip_locked=dialect.skip_locked,
         lock_schedules=dialect.lock_schedules,
+        seq=dialect.seq,
         **fragments,
     )
     if dialect.pyformat:
         text = text.replace("%", "%%")
         text = _PARAM.sub(r"%(\1)s", text)
     return text
+
+
+# -- flow control: queues, limits, the gated claim ---------------------------------------------
+
+QUEUE_SETTINGS = "SELECT name, paused, strict, concurrency FROM queues ORDER BY name"
+UPSERT_QUEUE = """
+INSERT INTO queues (name, paused, strict, concurrency, updated_at)
+VALUES (:name, :paused, :strict, :concurrency, {now})
+ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, strict = excluded.strict,
+    concurrency = excluded.concurrency, updated_at = excluded.updated_at
+"""
+DELETE_QUEUE = "DELETE FROM queues WHERE name = :name"
+
+LIST_LIMITS = (
+    "SELECT name, kind, concurrency, rate, period_ms, updated_at FROM limits ORDER BY name"
+)
+UPSERT_LIMIT = """
+INSERT INTO limits (name, kind, concurrency, rate, period_ms, updated_at)
+VALUES (:name, :kind, :concurrency, :rate, :period_ms, {now})
+ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, concurrency = excluded.concurrency,
+    rate = excluded.rate, period_ms = excluded.period_ms, updated_at = excluded.updated_at
+"""
+CLEAR_FLOW_LIMIT = """
+UPDATE limits SET concurrency = NULL, rate = NULL, period_ms = NULL, updated_at = {now}
+WHERE name = :name AND kind = 'flow' AND (concurrency IS NOT NULL OR rate IS NOT NULL)
+"""
+DELETE_LIMIT = "DELETE FROM limits WHERE name = :name"
+
+# Everything the gated claim counts, in one round trip: queue settings, limit sizes, what
+# holds limits now (running runs with limits or in a limited queue), recent starts.
+GATED_STATE = """
+SELECT 'queue' AS kind, name, CAST(NULL AS TEXT) AS keys, CAST(paused AS BIGINT) AS a,
+       CAST(strict AS BIGINT) AS b, CAST(concurrency AS BIGINT) AS c
+FROM queues
+UNION ALL
+SELECT 'limit', name, NULL, CAST(concurrency AS BIGINT), CAST(rate AS BIGINT), period_ms
+FROM limits
+UNION ALL
+SELECT 'running', queue, limit_keys, NULL, NULL, NULL FROM runs
+WHERE status = 'running' AND (limit_keys IS NOT NULL OR queue IN (
+    SELECT name FROM queues WHERE strict = 1 OR concurrency IS NOT NULL))
+UNION ALL
+SELECT 'started', r.name, r.key, COUNT(*), MIN(r.ts), NULL FROM rate_starts r
+JOIN limits l ON l.name = r.name
+WHERE l.rate IS NOT NULL AND r.ts > {now} - l.period_ms
+GROUP BY r.name, r.key
+"""
+
+# The next candidates of one queue for the gated claim, in claim order, after a position.
+# {gated}: "IS NOT NULL" (runs with limits) or "IS NULL" (plain runs of a limited queue).
+GATED_CANDIDATES = f"""
+SELECT id, queue, limit_keys, {CLAIM_KEY} AS claim_key, {{seq}} AS seq FROM runs
+WHERE queue = :queue AND status IN {CLAIMABLE} AND scheduled_for <= {{now}}
+  AND limit_keys {{gated}} {{after}} {{exclude}}
+ORDER BY {CLAIM_KEY}, {{seq}} LIMIT :limit
+"""
+
+RATE_COUNTS = """
+SELECT r.name, r.key, COUNT(*) AS n, MIN(r.ts) AS first FROM rate_starts r
+JOIN limits l ON l.name = r.name
+WHERE l.rate IS NOT NULL AND r.ts > {now} - l.period_ms
+GROUP BY r.name, r.key
+"""
+INSERT_RATE_START = """
+INSERT INTO rate_starts (name, key, ts, run_id) VALUES (:name, :key, {now}, :run_id)
+"""
+PRUNE_RATE_STARTS = """
+DELETE FROM rate_starts WHERE id IN (
+  SELECT r.id FROM rate_starts r LEFT JOIN limits l ON l.name = r.name
+  WHERE l.rate IS NULL OR r.ts <= {now} - l.period_ms LIMIT 5000)
+"""
+
+# "Why is it waiting?": what holds a limit now.
+RUNNING_WITH_LIMITS = """
+SELECT id, queue, limit_keys, started_at FROM runs
+WHERE status = 'running' AND limit_keys IS NOT NULL
+"""
+RUNNING_IN_QUEUE = """
+SELECT id FROM runs WHERE status = 'running' AND queue = :queue ORDER BY started_at, id
+"""
+STRICT_AHEAD = f"""
+SELECT COUNT(*) AS n FROM runs
+WHERE queue = :queue AND status IN {CLAIMABLE} AND scheduled_for <= {{now}}
+  AND (claim_at < :claim_key OR (claim_at = :claim_key AND {{seq}} < :seq))
+"""
+RUN_SEQ = f"SELECT {CLAIM_KEY} AS claim_key, {{seq}} AS seq FROM runs WHERE id = :id"

@@ -36,6 +36,7 @@ class NewRun:
     idempotency_key: str | None = None
     at_ms: int | None = None
     delay_ms: int = 0
+    limit_keys: str | None = None  # JSON list of [limit name, key]; None: no limits
 
     def as_params(self) -> dict[str, Any]:
         return {
@@ -52,6 +53,7 @@ class NewRun:
             "idempotency_key": self.idempotency_key,
             "at_ms": self.at_ms,
             "delay_ms": self.delay_ms,
+            "limit_keys": self.limit_keys,
         }
 
 
@@ -89,6 +91,8 @@ class FlowRecord:
     on_event: str | None = None  # JSON list of event names
     event_filter: str | None = None  # JSON object
     updated_at: int | None = None
+    flow_control: str | None = None  # JSON: limits, keys, isolation (legato.limits)
+    max_recoveries: int | None = None
 
 
 @dataclass(frozen=True)

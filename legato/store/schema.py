@@ -23,6 +23,8 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+CLAIMABLE = "status IN ('queued', 'scheduled', 'retrying', 'sleeping')"
+
 flows = Table(
     "flows",
     metadata,
@@ -41,6 +43,8 @@ flows = Table(
     Column("on_event", Text),  # JSON list of event names the flow subscribes to
     Column("event_filter", Text),  # JSON object: payload keys and the values they must have
     Column("updated_at", BigInteger, nullable=False),
+    Column("flow_control", Text),  # JSON: the flow's limits, keys and isolation as declared
+    Column("max_recoveries", Integer),  # lease expiries allowed before a run is poison
 )
 
 schedules = Table(
@@ -89,13 +93,29 @@ runs = Table(
     # 1 when the next claim continues the current attempt (recovery, hand-back).
     Column("resume", SmallInteger, nullable=False, server_default="0"),
     Column("recoveries", Integer, nullable=False, server_default="0"),
+    # JSON list of [limit name, key] pairs; NULL for a run without limits (the plain claim).
+    Column("limit_keys", Text),
+    # Submission order on PostgreSQL (an identity column); SQLite uses the rowid instead.
+    Column("seq", BigInteger),
+    # The claim order: scheduled_for minus one minute per priority point (priority ageing).
+    Column("claim_at", BigInteger, nullable=False, server_default="0"),
+    # Claim order: the effective priority (one priority point per minute of waiting), then
+    # submission order. Runs with limits have their own index, read by the gated claim.
     Index(
         "runs_claim",
         "queue",
-        text("priority DESC"),
-        "scheduled_for",
-        postgresql_where=text("status IN ('queued', 'scheduled', 'retrying', 'sleeping')"),
-        sqlite_where=text("status IN ('queued', 'scheduled', 'retrying', 'sleeping')"),
+        "claim_at",
+        "seq",
+        postgresql_where=text(f"{CLAIMABLE} AND limit_keys IS NULL"),
+        sqlite_where=text(f"{CLAIMABLE} AND limit_keys IS NULL"),
+    ),
+    Index(
+        "runs_gated",
+        "queue",
+        "claim_at",
+        "seq",
+        postgresql_where=text(f"{CLAIMABLE} AND limit_keys IS NOT NULL"),
+        sqlite_where=text(f"{CLAIMABLE} AND limit_keys IS NOT NULL"),
     ),
     Index(
         "runs_lease",
@@ -201,4 +221,38 @@ api_tokens = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("last_used_at", BigInteger),
     Column("revoked_at", BigInteger),
+)
+
+limits = Table(
+    "limits",
+    metadata,
+    Column("name", Text, primary_key=True),  # "flow:<f>", "flow:<f>:key", or a named limit
+    Column("kind", Text, nullable=False),  # "flow" (declared in code) | "named" (CLI, API)
+    Column("concurrency", Integer),  # at most this many running per key
+    Column("rate", Integer),  # at most this many starts per key ...
+    Column("period_ms", BigInteger),  # ... per this period
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+queues = Table(
+    "queues",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("paused", SmallInteger, nullable=False, server_default="0"),
+    Column("strict", SmallInteger, nullable=False, server_default="0"),  # one at a time, FIFO
+    Column("concurrency", Integer),  # at most this many running from the queue
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+rate_starts = Table(
+    "rate_starts",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("name", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    Column("run_id", Text, nullable=False),
+    Index("rate_starts_key", "name", "key", "ts"),
 )

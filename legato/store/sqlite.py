@@ -27,6 +27,7 @@ DIALECT = Dialect(
     skip_locked="",
     lock_schedules="",
     pyformat=False,
+    seq="rowid",
 )
 
 
@@ -119,10 +120,12 @@ class SQLiteStore(Store):
     def _claim_sql(self, queue_count: int) -> str:
         """One ordered, limited pick per queue (each reads the claim index in order), merged."""
         arms = " UNION ALL ".join(
-            f"SELECT * FROM ({q.CLAIM_PICK_ONE_QUEUE.format(queue=f':queue_{i}', now=DIALECT.now)})"
+            "SELECT * FROM ("
+            + q.CLAIM_PICK_ONE_QUEUE.format(queue=f":queue_{i}", now=DIALECT.now, seq=DIALECT.seq)
+            + ")"
             for i in range(queue_count)
         )
-        pick = f"SELECT id FROM ({arms}) ORDER BY priority DESC, scheduled_for LIMIT :limit"
+        pick = f"SELECT id FROM ({arms}) ORDER BY claim_key, seq LIMIT :limit"
         return self.sql("CLAIM", claim_pick=pick)
 
     def _claim_params(self, queues: Sequence[str]) -> dict[str, Any]:
