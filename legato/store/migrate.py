@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .url import DatabaseURL
 
-HEAD = "0003"
+HEAD = "0004"
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 

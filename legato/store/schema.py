@@ -132,6 +132,8 @@ runs = Table(
     Index("runs_created", text("created_at DESC")),
     Index("runs_flow_created", "flow", text("created_at DESC")),
     Index("runs_status_created", "status", text("created_at DESC")),
+    Index("runs_queue_created", "queue", text("created_at DESC")),
+    Index("runs_trigger_created", "trigger", text("created_at DESC")),
     Index("runs_finished", "finished_at"),
     Index(
         "runs_schedule_active",
