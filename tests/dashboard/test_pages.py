@@ -104,6 +104,11 @@ def test_every_page_renders_real_data(sqlite_dashboard: Dashboard, open_page: An
     tab.locator("#log-lines .log").nth(before + 2).wait_for()
     page.shot("run-running", full_page=False)
 
+    later = d.flow("add_up").with_options(delay=3600).submit(n=1)
+    page.go(f"/runs/{later.id}")
+    expect(tab.locator("section.waiting")).to_contain_text("not due until")
+    page.shot("run-waiting", full_page=False)
+
     page.go("/schedule")
     tab.locator("table.cal.month").wait_for()
     assert tab.locator("#cal-zone").get_attribute("data-tz") == "Europe/Paris"
@@ -117,9 +122,11 @@ def test_every_page_renders_real_data(sqlite_dashboard: Dashboard, open_page: An
     tab.locator("ol.cal.day").wait_for()
     assert tab.locator("ol.cal.day li").count() == 24
 
+    d.client.set_queue("reports", paused=True)
     page.go("/workers")
     live = tab.locator("#workers-live")
     assert "default" in live.inner_text()
+    assert "paused" in live.locator("tr", has_text="reports").inner_text()
     assert tab.locator(".load-chart .load-row").count() == 1
     assert "1 / 4" in tab.locator(".load-chart").inner_text()  # the slow run holds a slot
     page.shot("workers")
