@@ -566,6 +566,9 @@ def flows_show(
         for p in detail["parameters"]
     )
     console.print(f"  parameters ({params})", markup=False)
+    if detail.get("flow_control"):
+        control = {k: v for k, v in detail["flow_control"].items() if k != "flow"}
+        console.print(f"  flow control {json.dumps(control)}", markup=False)
     for r in detail["recent_runs"]:
         console.print(f"  {r['id']} {_styled(r['status'])} {_short_time(r['created_at'])}")
 

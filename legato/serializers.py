@@ -179,6 +179,9 @@ def flow_json(
         ),
         "last_status": last_run["status"] if last_run else None,
         "next_fire_at": next_fire_at,
+        # Limits, keys and isolation as declared (docs/flow-control.md); null: none.
+        "flow_control": serialization.loads(flow.flow_control),
+        "max_recoveries": flow.max_recoveries,
     }
 
 

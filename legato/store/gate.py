@@ -19,6 +19,7 @@ never both take the last slot of a limit.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -35,11 +36,16 @@ MAX_EXCLUDED = 500
 LimitKey = tuple[str, str]
 
 
-def parse_limit_keys(text: str | None) -> list[LimitKey]:
+def parse_limit_keys(text: str | None) -> tuple[LimitKey, ...]:
     """``[[name, key], ...]`` as stored in ``runs.limit_keys``."""
     if not text:
-        return []
-    return [(str(name), str(key)) for name, key in json.loads(text)]
+        return ()
+    return _parse(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str) -> tuple[LimitKey, ...]:
+    return tuple((str(name), str(key)) for name, key in json.loads(text))
 
 
 @dataclass

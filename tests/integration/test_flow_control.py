@@ -150,6 +150,8 @@ def test_named_limit_is_sized_by_the_cli_and_shared(
         limits = {item["name"]: item for item in cli_json(["limits", "list"], db_url)}
         assert limits["warehouse-db"]["concurrency"] == 2
         assert limits["warehouse-db"]["running"] == 2
+        shown = cli_json(["flows", "show", "warehouse"], db_url)
+        assert shown["flow_control"] == {"flow": "warehouse", "limits": ["warehouse-db"]}
         waiting = client.run(ids[4])["waiting"]
         assert waiting["reason"] == "limit" and waiting["held"] == 2 and waiting["size"] == 2
         assert "limit 'warehouse-db': 2/2 held by run(s)" in waiting["message"]
