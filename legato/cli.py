@@ -634,11 +634,22 @@ def queues_list(as_json: JsonOption = False, db: DbOption = None) -> None:
         console.print("no queues yet: submit a run or start a worker")
         return
     slots = {w["id"]: w for w in client.workers()}
-    table = Table("queue", "queued", "running", "scheduled", "oldest queued", "workers", "load")
+    table = Table(
+        "queue", "queued", "running", "scheduled", "oldest queued", "workers", "load", "control"
+    )
     for q in queues:
         load = ", ".join(
             f"{slots[w]['running']}/{slots[w]['concurrency']}" for w in q["workers"] if w in slots
         )
+        control = [
+            label
+            for label, on in (
+                ("[red]paused[/]", q.get("paused")),
+                ("strict", q.get("strict")),
+                (f"max {q.get('concurrency')}", q.get("concurrency") is not None),
+            )
+            if on
+        ]
         table.add_row(
             q["name"],
             str(q["queued"]),
@@ -647,6 +658,7 @@ def queues_list(as_json: JsonOption = False, db: DbOption = None) -> None:
             _short_time(q["oldest_queued_at"]),
             str(len(q["workers"])),
             load or "-",
+            ", ".join(control) or "-",
         )
     console.print(table)
 
