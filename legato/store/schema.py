@@ -134,7 +134,15 @@ runs = Table(
     Index("runs_status_created", "status", text("created_at DESC")),
     Index("runs_queue_created", "queue", text("created_at DESC")),
     Index("runs_trigger_created", "trigger", text("created_at DESC")),
-    Index("runs_finished", "finished_at"),
+    # Finished runs only; with status and flow, stats over a window read the index alone.
+    Index(
+        "runs_finished",
+        "finished_at",
+        "status",
+        "flow",
+        postgresql_where=text("finished_at IS NOT NULL"),
+        sqlite_where=text("finished_at IS NOT NULL"),
+    ),
     Index(
         "runs_schedule_active",
         "schedule_id",
