@@ -6,6 +6,7 @@ Screenshots of every page go to ``artifacts/screenshots/`` (git-ignored).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -24,6 +25,7 @@ from legato import App, RetryPolicy, cron, every
 from legato.api import create_app
 from legato.client import Client
 from legato.config import Settings
+from legato.store import RunFilter
 from tests.helpers import ROOT, in_process_worker, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -32,10 +34,12 @@ SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 log = logging.getLogger("tests.dashboard")
 
 
-def build_app(db_url: str) -> App:
+def build_app(db_url: str, stopping: threading.Event | None = None) -> App:
     """Flows that give every page something to show: logs, a failing step, retries, a slow
-    run to cancel, and schedules."""
+    run to cancel, and schedules. Once ``stopping`` is set, slow runs end at their next tick
+    (so no run thread outlives its test)."""
     app = App(db_url)
+    stopping = stopping or threading.Event()
 
     @app.step
     def fetch(n: int) -> list[int]:
@@ -65,6 +69,8 @@ def build_app(db_url: str) -> App:
 
     @app.step
     def tick(i: int) -> int:
+        if stopping.is_set():
+            raise RuntimeError("the test is over")
         time.sleep(0.2)
         log.info("tick %d", i)
         return i
@@ -123,12 +129,25 @@ class Dashboard:
 
 @contextmanager
 def running_dashboard(db_url: str, *, require_auth: bool = False) -> Iterator[Dashboard]:
-    app = build_app(db_url)
+    stopping = threading.Event()
+    app = build_app(db_url, stopping)
     try:
         with in_process_worker(app, concurrency=4):
-            api = create_app(app.store, Settings.from_env(), require_auth=require_auth)
-            with serving(api) as url:
-                yield Dashboard(url, app, Client(app.store, app.settings))
+            try:
+                api = create_app(app.store, Settings.from_env(), require_auth=require_auth)
+                with serving(api) as url:
+                    yield Dashboard(url, app, Client(app.store, app.settings))
+            finally:
+                # End what still runs before the worker stops, so that no run thread is
+                # left behind using a closed store.
+                stopping.set()
+                with contextlib.suppress(AssertionError):
+                    wait_for(
+                        lambda: not app.store.list_runs(RunFilter(status="running", limit=1)),
+                        timeout=20,
+                        interval=0.1,
+                        message="running runs to end",
+                    )
     finally:
         app.close()
 
