@@ -83,20 +83,23 @@ class ServerThread:
 
     def __init__(self, server: uvicorn.Server) -> None:
         self.server = server
-        self.thread = threading.Thread(target=server.run, name="legato-api", daemon=True)
+        self.thread: threading.Thread | None = None
 
     def start(self, timeout: float = 30.0) -> None:
         """Start serving; raise :class:`ConfigurationError` if it cannot (port in use)."""
+        config = self.server.config
+        sock = bind(config.host, config.port)  # fails here, as one clear line
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [sock]}, name="legato-api", daemon=True
+        )
         self.thread.start()
         while not self.server.started:
             self.thread.join(0.02)
             timeout -= 0.02
             if not self.thread.is_alive() or timeout <= 0:
-                config = self.server.config
-                raise ConfigurationError(
-                    f"cannot serve the API on {config.host}:{config.port} (address in use?)"
-                )
+                raise ConfigurationError(f"cannot serve the API on {config.host}:{config.port}")
 
     def stop(self, timeout: float = 10.0) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout)
+        if self.thread is not None:
+            self.thread.join(timeout)

@@ -118,3 +118,31 @@ def test_a_port_in_use_is_one_error_line(db_url: str, store: Store) -> None:
     assert result.stderr.strip().splitlines() == [
         f"error: cannot serve the API on 127.0.0.1:{port}: Address already in use"
     ]
+
+
+def test_legato_up_serves_the_api_and_runs_what_it_submits(
+    db_url: str, store: Store, tmp_path: Path
+) -> None:
+    port = free_port()
+    args = ["up", "tests/flows/acceptance.py", "--port", str(port), "--concurrency", "2"]
+    with server_process(args, db_url, tmp_path / "up.log") as proc:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: answers(f"{base}/readyz", proc), timeout=START, interval=0.1)
+        body = {"flow": "two_steps", "params": {"x": 21, "label": "answer"}}
+        run = httpx.post(f"{base}/api/v1/runs", json=body).json()
+
+        def finished() -> dict[str, object] | None:
+            got: dict[str, object] = httpx.get(f"{base}/api/v1/runs/{run['id']}").json()
+            return got if got["status"] in ("succeeded", "failed") else None
+
+        done = wait_for(finished, timeout=START, interval=0.1, message="the run to end")
+        assert done["status"] == "succeeded", done
+        assert done["result"] == {"value": 42, "text": "answer=42"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        result = run_cli(["up", "tests/flows/acceptance.py", "--port", str(busy)], db_url)
+    assert result.returncode == 1
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert errors == [f"error: cannot serve the API on 127.0.0.1:{busy}: Address already in use"]
