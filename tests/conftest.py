@@ -45,11 +45,25 @@ def _pg_schema_url(schema: str) -> str:
 
 
 def _drop_schema(schema: str) -> None:
+    """Drop a test's schema. A worker killed by the test may still have a server session
+    finishing its transaction for a moment: a lock conflict or deadlock is retried."""
+    import time
+
     import psycopg
+    from psycopg import errors
 
     assert PG_URL is not None
+    deadline = time.monotonic() + 30
     with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        conn.execute("SET lock_timeout = '2s'")
+        while True:
+            try:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                return
+            except (errors.DeadlockDetected, errors.LockNotAvailable):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
