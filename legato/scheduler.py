@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .app import new_run_id
-from .limits import limit_keys_for
+from .limits import FlowControl, limit_keys_for
 from .schedules import Schedule
 from .store import NewRun, Store
 from .store.base import Tx
@@ -56,8 +56,11 @@ class Scheduler:
         *,
         clock: Callable[[], int] | None = None,
         interval: float = 1.0,
+        controls: Mapping[str, FlowControl] | None = None,
     ) -> None:
         self.store = store
+        # The flows' declarations from the code, when this process has it (callable keys).
+        self.controls = dict(controls or {})
         self.clock = clock or store.now_ms
         self.interval = interval
         self._stop = threading.Event()
@@ -97,8 +100,7 @@ class Scheduler:
             pass
         return planned
 
-    @staticmethod
-    def _run_for(row: dict[str, Any], schedule: Schedule, fire: int) -> NewRun:
+    def _run_for(self, row: dict[str, Any], schedule: Schedule, fire: int) -> NewRun:
         return NewRun(
             id=new_run_id(),
             flow=row["flow"],
@@ -110,7 +112,9 @@ class Scheduler:
             schedule_id=row["id"],
             idempotency_key=schedule_run_key(row["id"], fire),
             at_ms=fire + schedule.jitter_ms(row["id"], fire),
-            limit_keys=limit_keys_for(row.get("flow_control"), schedule.params),
+            limit_keys=limit_keys_for(
+                row.get("flow_control"), schedule.params, self.controls.get(row["flow"])
+            ),
         )
 
     def _overlap_allows(self, schedule: Schedule, schedule_id: str, tx: Tx) -> bool:

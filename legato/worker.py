@@ -124,7 +124,9 @@ class Worker:
         self._threads: ThreadSlots | None = None
         self._async: AsyncRunner | None = None
         self._async_slots: asyncio.Semaphore | None = None
-        self.scheduler = Scheduler(self.store)
+        self.scheduler = Scheduler(
+            self.store, controls={name: f.control for name, f in app.flows.items()}
+        )
         self._outcomes: OutcomeWriter[Execution] = OutcomeWriter(
             self.store,
             lambda exe, _written: self._release(exe),
