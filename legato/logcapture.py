@@ -86,6 +86,11 @@ class _CaptureHandler(logging.Handler):
         if ctx is None:
             self._outside_run(record)
             return
+        # Several workers in one process each install a handler: the record is captured
+        # once, by a worker writing to the run's own store.
+        if ctx.store is not self.writer.store or getattr(record, "_legato_captured", False):
+            return
+        record._legato_captured = True
         try:
             message = self.format(record)
             if record.name not in ("root", "legato.worker"):

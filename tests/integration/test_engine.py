@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections import Counter
 
@@ -225,4 +226,22 @@ def test_idempotency_key_from_python(db_url: str) -> None:
     b = once.with_options(idempotency_key="order-1").submit(1)
     c = once.with_options(delay=3600).submit(2)
     assert a.id == b.id and c.status() == "scheduled"
+    app.close()
+
+
+def test_two_workers_in_one_process_record_each_log_line_once(db_url: str) -> None:
+    app = App(db_url)
+
+    @app.flow
+    def chatty(n: int) -> int:
+        logging.getLogger("chatty").warning("line %d", n)
+        print("printed", n)
+        return n
+
+    with in_process_worker(app, concurrency=2), in_process_worker(app, concurrency=2):
+        handles = [chatty.submit(n) for n in range(6)]
+        assert [h.result(timeout=30) for h in handles] == list(range(6))
+    for n, handle in enumerate(handles):
+        messages = [line["message"] for line in app.store.get_logs(handle.id)]
+        assert sorted(messages) == sorted([f"[chatty] line {n}", f"printed {n}"]), messages
     app.close()
