@@ -258,6 +258,7 @@ def server(
         api = create_app(store, settings, require_auth=needs_auth)
         sock = bind(host, port)
         base = f"http://{_url_host(host)}:{port}"
+        console.print(f"Legato dashboard on {base}/")
         console.print(f"Legato API on {base}/api/v1 (docs: {base}/api/v1/docs)")
         make_server(api, host, port).run(sockets=[sock])
     finally:
