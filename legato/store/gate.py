@@ -148,7 +148,7 @@ def claim_gated(
         rate_inserts: list[dict[str, Any]] = []
         for queue in served:
             qs = settings.get(queue)
-            lanes = ["IS NOT NULL", "IS NULL"] if qs is not None and qs.limited else ["IS NOT NULL"]
+            lanes = ["1", "0"] if qs is not None and qs.limited else ["1"]
             _admit_from_queue(
                 store, tx, queue, qs, lanes, state, excluded, admitted, rate_inserts, limit
             )
@@ -235,7 +235,7 @@ def _candidates(
         after_sql = f"AND ({_KEY} > :after_key OR ({_KEY} = :after_key AND {store.dialect.seq} > :after_seq))"
         params["after_key"], params["after_seq"] = after
     exclude_sql = ""
-    if excluded and lane == "IS NOT NULL":
+    if excluded and lane == "1":
         names = []
         for i, text in enumerate(sorted(excluded)):
             names.append(f":x_{i}")

@@ -28,7 +28,7 @@ RUN_COLUMNS = (
     "recoveries, schedule_id, limit_keys"
 )
 CLAIMABLE = "('queued', 'scheduled', 'retrying', 'sleeping')"
-# The claim order (the runs_claim and runs_gated indexes): ``claim_at``, the due time minus
+# The claim order (the runs_claim index, after queue and gated): ``claim_at``, the due time minus
 # one minute per priority point, kept in step with ``scheduled_for`` by every write of it.
 CLAIM_KEY = "claim_at"
 PRIORITY_MINUTE_MS = 60_000
@@ -41,13 +41,14 @@ FENCE = (
 RUN_INSERT_COLUMNS = (
     "INSERT INTO runs (id, flow, status, params, max_attempts, queue, priority, trigger, "
     "parent_id, retry_of, schedule_id, idempotency_key, created_at, scheduled_for, limit_keys, "
-    "claim_at)"
+    "claim_at, gated)"
 )
 # The due time: an absolute time (at_ms) or a delay from the database clock.
 _DUE = "COALESCE(CAST(:at_ms AS BIGINT), {now} + :delay_ms)"
 RUN_VALUES = f"""(:id, :flow, CASE WHEN {_DUE} > {{now}} THEN 'scheduled' ELSE 'queued' END,
         :params, :max_attempts, :queue, :priority, :trigger, :parent_id, :retry_of,
-        :schedule_id, :idempotency_key, {{now}}, {_DUE}, :limit_keys, {_DUE} - {_AGE})"""
+        :schedule_id, :idempotency_key, {{now}}, {_DUE}, :limit_keys, {_DUE} - {_AGE},
+        CASE WHEN CAST(:limit_keys AS TEXT) IS NULL THEN 0 ELSE 1 END)"""
 INSERT_RUN = f"""
 {RUN_INSERT_COLUMNS}
 VALUES {RUN_VALUES}
@@ -66,7 +67,8 @@ SELECT t.id, t.flow,
        CASE WHEN COALESCE(t.at_ms, {{now}} + t.delay_ms) > {{now}} THEN 'scheduled' ELSE 'queued' END,
        t.params, t.max_attempts, t.queue, t.priority, t.trigger, t.parent_id, t.retry_of,
        t.schedule_id, t.idempotency_key, {{now}}, COALESCE(t.at_ms, {{now}} + t.delay_ms),
-       t.limit_keys, COALESCE(t.at_ms, {{now}} + t.delay_ms) - CAST(t.priority AS BIGINT) * 60000
+       t.limit_keys, COALESCE(t.at_ms, {{now}} + t.delay_ms) - CAST(t.priority AS BIGINT) * 60000,
+       CASE WHEN t.limit_keys IS NULL THEN 0 ELSE 1 END
 FROM unnest(CAST(:id AS text[]), CAST(:flow AS text[]), CAST(:params AS text[]),
             CAST(:max_attempts AS int[]), CAST(:queue AS text[]), CAST(:priority AS int[]),
             CAST(:trigger AS text[]), CAST(:parent_id AS text[]), CAST(:retry_of AS text[]),
@@ -84,12 +86,12 @@ FIND_RUN_BY_PREFIX = "SELECT id FROM runs WHERE id LIKE :prefix ORDER BY id LIMI
 
 # The runs a claim takes, best first, from one queue (``:queue``): runs without limits, from a
 # queue that is neither paused nor limited (those go through the gated claim). Ordered like
-# the partial index ``runs_claim`` (queue, CLAIM_KEY, seq), so it reads only what it takes.
+# the partial index ``runs_claim`` (queue, gated, claim_at, seq): it reads only what it takes.
 # Placeholders: {queue} (a parameter or column naming the queue), {now} and {seq}.
 CLAIM_PICK_ONE_QUEUE = f"""
 SELECT id, {CLAIM_KEY} AS claim_key, {{seq}} AS seq FROM runs
 WHERE queue = {{queue}} AND status IN {CLAIMABLE} AND scheduled_for <= {{now}}
-  AND limit_keys IS NULL
+  AND gated = 0
   AND NOT EXISTS (SELECT 1 FROM queues WHERE name = {{queue}}
                   AND (paused = 1 OR strict = 1 OR concurrency IS NOT NULL))
 ORDER BY {CLAIM_KEY}, {{seq}} LIMIT :limit"""
@@ -481,11 +483,11 @@ GROUP BY r.name, r.key
 """
 
 # The next candidates of one queue for the gated claim, in claim order, after a position.
-# {gated}: "IS NOT NULL" (runs with limits) or "IS NULL" (plain runs of a limited queue).
+# {gated}: 1 (runs with limits) or 0 (plain runs of a limited queue).
 GATED_CANDIDATES = f"""
 SELECT id, queue, limit_keys, {CLAIM_KEY} AS claim_key, {{seq}} AS seq FROM runs
 WHERE queue = :queue AND status IN {CLAIMABLE} AND scheduled_for <= {{now}}
-  AND limit_keys {{gated}} {{after}} {{exclude}}
+  AND gated = {{gated}} {{after}} {{exclude}}
 ORDER BY {CLAIM_KEY}, {{seq}} LIMIT :limit
 """
 

@@ -99,23 +99,18 @@ runs = Table(
     Column("seq", BigInteger),
     # The claim order: scheduled_for minus one minute per priority point (priority ageing).
     Column("claim_at", BigInteger, nullable=False, server_default="0"),
-    # Claim order: the effective priority (one priority point per minute of waiting), then
-    # submission order. Runs with limits have their own index, read by the gated claim.
+    # 1 when limit_keys is set: the run takes the gated claim (legato.store.gate).
+    Column("gated", SmallInteger, nullable=False, server_default="0"),
+    # Claim order within a queue and lane (gated or not): the effective priority (one
+    # priority point per minute of waiting), then submission order.
     Index(
         "runs_claim",
         "queue",
+        "gated",
         "claim_at",
         "seq",
-        postgresql_where=text(f"{CLAIMABLE} AND limit_keys IS NULL"),
-        sqlite_where=text(f"{CLAIMABLE} AND limit_keys IS NULL"),
-    ),
-    Index(
-        "runs_gated",
-        "queue",
-        "claim_at",
-        "seq",
-        postgresql_where=text(f"{CLAIMABLE} AND limit_keys IS NOT NULL"),
-        sqlite_where=text(f"{CLAIMABLE} AND limit_keys IS NOT NULL"),
+        postgresql_where=text(CLAIMABLE),
+        sqlite_where=text(CLAIMABLE),
     ),
     Index(
         "runs_lease",
