@@ -156,12 +156,9 @@ def claim_gated(
                 break
         if not admitted:
             return []
-        params: dict[str, Any] = {f"c_{i}": run_id for i, run_id in enumerate(admitted)}
-        pick = ", ".join(f":c_{i}" for i in range(len(admitted)))
-        rows = tx.read(
-            store.sql("CLAIM_GATED", claim_pick=pick),
-            {"worker_id": worker_id, "lease_ms": lease_ms, **params},
-        )
+        params: dict[str, Any] = {"worker_id": worker_id, "lease_ms": lease_ms}
+        pick = _listed(store, admitted, "c", params)
+        rows = tx.read(store.sql("CLAIM_GATED", claim_pick=pick), params)
         claimed = {r["id"] for r in rows}
         inserts = [r for r in rate_inserts if r["run_id"] in claimed]
         if inserts:
@@ -236,13 +233,20 @@ def _candidates(
         params["after_key"], params["after_seq"] = after
     exclude_sql = ""
     if excluded and lane == "1":
-        names = []
-        for i, text in enumerate(sorted(excluded)):
-            names.append(f":x_{i}")
-            params[f"x_{i}"] = text
-        exclude_sql = f"AND limit_keys NOT IN ({', '.join(names)})"
+        exclude_sql = f"AND limit_keys NOT IN ({_listed(store, sorted(excluded), 'x', params)})"
     sql = store.sql("GATED_CANDIDATES", gated=lane, after=after_sql, exclude=exclude_sql)
     return tx.read(sql, params)
 
 
 _KEY = "claim_at"
+
+
+def _listed(store: Store, values: Sequence[str], name: str, params: dict[str, Any]) -> str:
+    """The inside of ``IN (...)`` for ``values``: one array parameter on PostgreSQL (the same
+    statement text whatever their number, so it is prepared once), else one per value."""
+    if store.dialect.arrays:
+        params[name] = list(values)
+        return f"SELECT unnest(CAST(:{name} AS text[]))"
+    for i, value in enumerate(values):
+        params[f"{name}_{i}"] = value
+    return ", ".join(f":{name}_{i}" for i in range(len(values)))

@@ -28,6 +28,7 @@ DIALECT = Dialect(
     skip_locked="FOR UPDATE SKIP LOCKED",
     lock_schedules="FOR UPDATE OF s SKIP LOCKED",
     pyformat=True,
+    arrays=True,
 )
 
 

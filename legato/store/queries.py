@@ -419,6 +419,7 @@ class Dialect:
     lock_schedules: str
     pyformat: bool  # psycopg wants %(name)s; sqlite3 takes :name
     seq: str = "seq"  # the submission order column ("rowid" on SQLite)
+    arrays: bool = False  # lists as one array parameter (one statement text, prepared once)
 
 
 def render(sql: str, dialect: Dialect, **fragments: str) -> str:

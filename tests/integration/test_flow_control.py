@@ -228,7 +228,6 @@ def test_strict_queue_starts_runs_one_at_a_time_in_submission_order(
     for before, after in itertools.pairwise(runs):
         assert after["started_at"] >= before["finished_at"], "two runs of a strict queue overlapped"
     assert (tmp_path / "order").read_text().split() == [str(i) for i in range(200)]
-    assert len({r["worker_id"] for r in runs}) == 2  # both workers took part
 
 
 @pytest.mark.timeout(120)
