@@ -135,6 +135,10 @@ def claim_gated(
     """Admit and claim up to ``limit`` gated runs from ``queues``; returns the CLAIM rows."""
     if limit <= 0:
         return []
+    # The first page of each queue's gated runs is read before taking the lock, to keep the
+    # serialised part short. It may be stale: a run another worker claimed meanwhile is
+    # counted as admitted here (conservative) and then not claimed (its status changed).
+    early = {q: _candidates(store, _Reader(store), q, "1", None, set()) for q in queues}
     with store._gated_transaction() as tx:
         settings, state = read_state(store, tx)
         served = [q for q in queues if not (q in settings and settings[q].paused)]
@@ -150,7 +154,17 @@ def claim_gated(
             qs = settings.get(queue)
             lanes = ["1", "0"] if qs is not None and qs.limited else ["1"]
             _admit_from_queue(
-                store, tx, queue, qs, lanes, state, excluded, admitted, rate_inserts, limit
+                store,
+                tx,
+                queue,
+                qs,
+                lanes,
+                state,
+                excluded,
+                admitted,
+                rate_inserts,
+                limit,
+                None if qs is not None and qs.limited else early.get(queue),
             )
             if len(admitted) >= limit:
                 break
@@ -177,6 +191,7 @@ def _admit_from_queue(
     admitted: list[str],
     rate_inserts: list[dict[str, Any]],
     limit: int,
+    first_page: list[Row] | None = None,
 ) -> None:
     cap = qs.cap if qs is not None else None
     strict = qs is not None and qs.strict
@@ -187,6 +202,11 @@ def _admit_from_queue(
         candidates: list[Row] = []
         full = False
         for lane in lanes:
+            if first_page is not None and after is None and lanes == ["1"]:
+                rows = [r for r in first_page if r["limit_keys"] not in excluded]
+                full = full or len(first_page) == PAGE
+                candidates.extend(rows)
+                continue
             # A strict queue reads every run: skipping a blocked group would let a later
             # run overtake the head.
             rows = _candidates(store, tx, queue, lane, after, set() if strict else excluded)
@@ -220,7 +240,7 @@ def _admit_from_queue(
 
 def _candidates(
     store: Store,
-    tx: Tx,
+    tx: Tx | _Reader,
     queue: str,
     lane: str,
     after: tuple[int, int] | None,
@@ -239,6 +259,16 @@ def _candidates(
 
 
 _KEY = "claim_at"
+
+
+class _Reader:
+    """Reads outside any transaction (the store's own connection handling)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def read(self, sql: str, params: dict[str, Any] | None = None) -> list[Row]:
+        return self.store._read(sql, params)
 
 
 def _listed(store: Store, values: Sequence[str], name: str, params: dict[str, Any]) -> str:
