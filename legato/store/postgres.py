@@ -7,6 +7,7 @@ idle workers wake within a millisecond; polling stays as the fallback.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -72,6 +73,8 @@ class PostgresStore(Store):
             "autocommit": True,
             "row_factory": dict_row,
             "options": f"-c search_path={url.schema}",
+            # Which process a server session belongs to, for operators (pg_stat_activity).
+            "application_name": f"legato:{os.getpid()}",
         }
         self._connect_timeout = connect_timeout
         self._check_reachable()

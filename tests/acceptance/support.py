@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import sqlite3
 import subprocess
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -145,3 +147,40 @@ def parse_utc(value: Any) -> datetime:
 def assert_keys(item: dict[str, Any], keys: Sequence[str], what: str) -> None:
     missing = set(keys) - set(item)
     assert not missing, f"{what} lacks {sorted(missing)}: {json.dumps(item)[:500]}"
+
+
+def holds_a_transaction(db_url: str, pid: int) -> bool:
+    """Whether process ``pid`` is inside a write transaction (SQLite: holds the write lock;
+    PostgreSQL: one of its sessions is in a transaction)."""
+    if db_url.startswith("sqlite"):
+        conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=0, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return False
+        except sqlite3.OperationalError:
+            return True
+        finally:
+            conn.close()
+    import psycopg
+
+    with psycopg.connect(db_url.split("?")[0], autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state <> 'idle'",
+            (f"legato:{pid}",),
+        ).fetchone()
+        return bool(row and row[0])
+
+
+def freeze_between_transactions(worker: WorkerProcess, db_url: str) -> None:
+    """SIGSTOP ``worker`` at a moment it holds no transaction, so that the others are not
+    blocked on its locks while it is frozen (a frozen SQLite writer would stop every write)."""
+
+    def frozen_outside() -> bool:
+        worker.signal(signal.SIGSTOP)
+        if not holds_a_transaction(db_url, worker.pid):
+            return True
+        worker.signal(signal.SIGCONT)
+        return False
+
+    wait_for(frozen_outside, timeout=30, message="the worker frozen between transactions")

@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 
 from legato.store import TERMINAL
-from tests.acceptance.support import Cluster, lines, parse_utc, show, submit
+from tests.acceptance.support import (
+    Cluster,
+    freeze_between_transactions,
+    lines,
+    parse_utc,
+    show,
+    submit,
+)
 from tests.helpers import WorkerProcess, cli_json, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -85,7 +92,8 @@ def test_worker_paused_past_its_lease_loses_the_run_and_its_writes_are_fenced(
     db = cluster.db_url
     a = cluster.start_worker()
     run_id = start_three_steps(cluster, tmp_path, a)
-    a.signal(signal.SIGSTOP)  # frozen inside step 2: no heartbeat, its lease (2 s) runs out
+    # Frozen inside step 2: no heartbeat, its lease (2 s) runs out.
+    freeze_between_transactions(a, db)
     try:
         b = cluster.start_worker()
         # B requeues the expired run, claims it and enters step 2 itself.
