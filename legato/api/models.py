@@ -50,6 +50,25 @@ class EmitEvent(Body):
     idempotency_key: Name | None = Field(default=None, description="Emit once per key.")
 
 
+class QueueSettings(Body):
+    """Changes to a queue's settings; a field left out keeps its value."""
+
+    paused: bool | None = Field(default=None, description="Stop (true) or resume claims.")
+    strict: bool | None = Field(
+        default=None, description="One run at a time, in submission order, across workers."
+    )
+    concurrency: int | None = Field(
+        default=None, ge=1, le=INT32, description="Most runs running at once; null: no cap."
+    )
+
+
+class SetLimit(Body):
+    """A named limit's size: runs at once and/or starts per period."""
+
+    concurrency: int | None = Field(default=None, ge=0, le=INT32, description="Runs at once.")
+    rate: Name | None = Field(default=None, description="Starts per period, e.g. 100/1m.")
+
+
 class CreateToken(Body):
     name: Name
     role: str = Field(json_schema_extra={"enum": list(ROLES)}, pattern="^(viewer|operator|admin)$")
@@ -71,6 +90,22 @@ class RunEvent(BaseModel):
     status: str
     attempt: int
     worker: str | None
+
+
+class WaitingReason(BaseModel):
+    """One reason a run waits: ``not_due``, ``sleeping``, ``queue_paused``, ``limit``,
+    ``rate_limited``, ``queue_order`` (strict queue), ``queue_limit``, ``no_worker`` or
+    ``queued``."""
+
+    model_config = ConfigDict(extra="allow")
+    reason: str
+    message: str
+
+
+class Waiting(WaitingReason):
+    """The main reason a run waits, with all of them."""
+
+    reasons: list[WaitingReason]
 
 
 class Run(BaseModel):
@@ -104,6 +139,10 @@ class Run(BaseModel):
     duration_ms: int | None
     steps: list[Step] | None = Field(default=None, description="In run details only.")
     events: list[RunEvent] | None = Field(default=None, description="In run details only.")
+    waiting: Waiting | None = Field(
+        default=None,
+        description="In run details only: why a run that is not running has not started.",
+    )
 
 
 class RunPage(BaseModel):
@@ -230,6 +269,28 @@ class Queue(BaseModel):
     scheduled: int
     oldest_queued_at: Timestamp
     workers: list[str]
+    paused: bool = False
+    strict: bool = False
+    concurrency: int | None = None
+
+
+class QueueState(BaseModel):
+    name: str
+    paused: bool
+    strict: bool
+    concurrency: int | None
+
+
+class Limit(BaseModel):
+    name: str
+    kind: str = Field(description="`named` (legato limits set) or `flow` (declared by a flow).")
+    concurrency: int | None
+    rate: int | None
+    period_seconds: float | None
+    running: int
+    running_by_key: dict[str, int]
+    recent_starts: int
+    updated_at: Timestamp
 
 
 class Token(BaseModel):

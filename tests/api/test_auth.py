@@ -127,6 +127,7 @@ BODIES: dict[str, dict[str, Any]] = {
     f"POST {API_PREFIX}/runs": {"flow": "guarded", "params": {"n": 2}},
     f"POST {API_PREFIX}/events": {"name": "nobody.listens"},
     f"POST {API_PREFIX}/tokens": {"name": "made-by-admin", "role": "viewer"},
+    f"PUT {API_PREFIX}/limits/{{name}}": {"concurrency": 2},
 }
 
 
