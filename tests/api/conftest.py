@@ -4,21 +4,16 @@ uvicorn server for streaming."""
 from __future__ import annotations
 
 import socket
-import threading
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import pytest
-import uvicorn
 
 from legato.api import create_app
 from legato.client import Client
 from legato.config import Settings
 from legato.store import Store
 from legato.tokens import ROLES
-from tests.helpers import wait_for
 
 with warnings.catch_warnings():
     # Starlette suggests httpx2 for its test client; httpx is what the project pins.
@@ -43,25 +38,6 @@ def tokens(store: Store) -> dict[str, Headers]:
         role: {"Authorization": f"Bearer {client.create_token(f'{role}-test', role)['token']}"}
         for role in ROLES
     }
-
-
-@contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a free loopback port; yields the base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: server.started, timeout=30, message="uvicorn to start")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
 
 
 def free_port() -> int:

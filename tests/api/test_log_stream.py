@@ -20,9 +20,9 @@ from legato import App
 from legato.api import create_app
 from legato.config import Settings
 from legato.store import Store
-from tests.helpers import in_process_worker
+from tests.helpers import in_process_worker, serving
 
-from .conftest import Headers, serving
+from .conftest import Headers
 
 WAIT = 60.0
 LINES = 5

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
 from legato import App, RetryPolicy, cron, every
 from legato.api import create_app
 from legato.client import Client
 from legato.config import Settings
 from legato.store import RunFilter
-from tests.helpers import ROOT, in_process_worker, wait_for
+from tests.helpers import ROOT, in_process_worker, serving, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -87,25 +85,6 @@ def build_app(db_url: str, stopping: threading.Event | None = None) -> App:
         return "closed"
 
     return app
-
-
-@contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a free loopback port; yields the base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: server.started, timeout=30, message="uvicorn to start")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
 
 
 @dataclass

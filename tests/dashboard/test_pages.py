@@ -146,7 +146,7 @@ def test_empty_states_explain_what_to_do(sqlite_url: str, open_page: Any) -> Non
     """A database without flows or runs: each page says what to do next."""
     from legato.api import create_app
     from legato.store import open_store
-    from tests.dashboard.conftest import serving
+    from tests.helpers import serving
 
     store = open_store(sqlite_url)
     try:
