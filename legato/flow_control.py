@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any
 
 from .limits import RateLimit, check_limit_name
+from .serializers import empty_queue_json
 from .store import Store
 from .store.gate import parse_limit_keys
 from .timeutil import to_iso
@@ -36,17 +37,7 @@ def with_queue_settings(
     by_name = {r["name"]: r for r in settings}
     out = {q["name"]: q for q in queues}
     for name in by_name:
-        out.setdefault(
-            name,
-            {
-                "name": name,
-                "queued": 0,
-                "running": 0,
-                "scheduled": 0,
-                "oldest_queued_at": None,
-                "workers": [],
-            },
-        )
+        out.setdefault(name, empty_queue_json(name))
     for name, item in out.items():
         item.update({k: v for k, v in queue_json(name, by_name.get(name)).items() if k != "name"})
     return [out[name] for name in sorted(out)]

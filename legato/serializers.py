@@ -101,22 +101,24 @@ def worker_json(row: Row) -> dict[str, Any]:
     }
 
 
+def empty_queue_json(name: str) -> dict[str, Any]:
+    """A queue of ``queues list`` with no run and no worker yet."""
+    return {
+        "name": name,
+        "queued": 0,
+        "running": 0,
+        "scheduled": 0,
+        "oldest_queued_at": None,
+        "workers": [],
+    }
+
+
 def queues_json(counts: Iterable[Row], workers: Iterable[Row]) -> list[dict[str, Any]]:
     """Queues with their waiting and running runs and the live workers serving them."""
     queues: dict[str, dict[str, Any]] = {}
 
     def entry(name: str) -> dict[str, Any]:
-        return queues.setdefault(
-            name,
-            {
-                "name": name,
-                "queued": 0,
-                "running": 0,
-                "scheduled": 0,
-                "oldest_queued_at": None,
-                "workers": [],
-            },
-        )
+        return queues.setdefault(name, empty_queue_json(name))
 
     for row in counts:
         item = entry(row["queue"])
