@@ -103,6 +103,49 @@ def _bar(t0: int, span: int, start: int, end: int, status: str, title: str) -> B
     return Bar(round(max(0.0, left), 3), round(width, 3), status, title)
 
 
+def _step_bars(
+    t0: int,
+    span: int,
+    step: dict[str, Any],
+    start: int,
+    end: int,
+    windows: list[tuple[int, int, int, str]],
+) -> list[Bar]:
+    """A step's bars: one per attempt of the run it ran in.
+
+    A step record spans from its first start to its last finish. When the run was retried in
+    between (the step failed in attempt 1 and ran again in attempt 2), the time between the
+    attempts is a retry delay or a recovery, not the step running: the bar is cut to the
+    attempts' windows, each earlier piece drawn with how its attempt ended.
+    """
+    label = f"{step['name']}: {step['status']}, {duration(end - start)}" + (
+        f", {step['attempts']} attempts" if step["attempts"] > 1 else ""
+    )
+    pieces = [
+        (n, max(start, w0), min(end, w1), how)
+        for n, w0, w1, how in windows
+        if w0 < end and w1 > start
+    ]
+    if len(pieces) < 2:
+        return [_bar(t0, span, start, end, step["status"], label)]
+    bars = []
+    for i, (number, p0, p1, how) in enumerate(pieces):
+        last = i == len(pieces) - 1
+        status = step["status"] if last else how
+        outcome = step["status"] if last else ("failed" if how == "failed" else "interrupted")
+        bars.append(
+            _bar(
+                t0,
+                span,
+                p0,
+                p1,
+                status,
+                f"{step['name']} in attempt {number}: {outcome}, {duration(p1 - p0)}",
+            )
+        )
+    return bars
+
+
 def build(run: dict[str, Any], tries: list[Attempt], now_ms: int) -> Timeline | None:
     """The Gantt chart: one row of attempts, then one row per step, on one time axis."""
     starts = [iso_ms(a.started_at) for a in tries] + [
@@ -133,6 +176,9 @@ def build(run: dict[str, Any], tries: list[Attempt], now_ms: int) -> Timeline | 
             )
         )
     rows = [attempt_row]
+    windows = [
+        (a.number, iso_ms(a.started_at) or t0, iso_ms(a.ended_at) or t1, a.status) for a in tries
+    ]
     failed_step = run.get("failed_step")
     # One row per step name: a step called in a loop is one row with a bar per call.
     by_name: dict[str, Row] = {}
@@ -149,17 +195,7 @@ def build(run: dict[str, Any], tries: list[Attempt], now_ms: int) -> Timeline | 
         if step["status"] == "failed" or row.status != "failed":
             row.status = step["status"]
         calls[step["name"]] = calls.get(step["name"], 0) + 1
-        row.bars.append(
-            _bar(
-                t0,
-                span,
-                start,
-                end,
-                step["status"],
-                f"{step['name']}: {step['status']}, {duration(end - start)}"
-                + (f", {step['attempts']} attempts" if step["attempts"] > 1 else ""),
-            )
-        )
+        row.bars.extend(_step_bars(t0, span, step, start, end, windows))
         if step["attempts"] > 1:
             row.label = f"{step['name']} \u00d7{step['attempts']}"
     for name, count in calls.items():

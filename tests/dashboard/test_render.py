@@ -109,6 +109,45 @@ def test_attempts_tell_a_retry_from_a_hand_back() -> None:
     assert [b.status for b in chart.rows[0].bars] == ["queued", "failed", "succeeded"]
 
 
+def test_a_step_run_again_in_a_later_attempt_is_drawn_per_attempt() -> None:
+    """The retry delay between two attempts is not drawn as the step running."""
+
+    def iso(ts: float) -> str:
+        return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+    run = {
+        "status": "succeeded",
+        "error": None,
+        "finished_at": iso(10),
+        "failed_step": None,
+        "events": [
+            {"ts": iso(0), "status": "queued", "attempt": 0, "worker": None},
+            {"ts": iso(1), "status": "running", "attempt": 1, "worker": "w1"},
+            {"ts": iso(3), "status": "retrying", "attempt": 1, "worker": "w1"},
+            {"ts": iso(8), "status": "running", "attempt": 2, "worker": "w1"},
+            {"ts": iso(10), "status": "succeeded", "attempt": 2, "worker": "w1"},
+        ],
+        "steps": [
+            # One record for the step: first started in attempt 1, finished in attempt 2.
+            {"name": "publish", "status": "succeeded", "attempts": 2, "started_at": iso(2),
+             "finished_at": iso(9)},
+            {"name": "done", "status": "succeeded", "attempts": 1, "started_at": iso(9),
+             "finished_at": iso(10)},
+        ],
+    }  # fmt: skip
+    tries = timeline.attempts(run)
+    chart = timeline.build(run, tries, now_ms=20_000)
+    assert chart is not None and chart.span_ms == 9000
+    publish, done = chart.rows[1], chart.rows[2]
+    assert [b.status for b in publish.bars] == ["failed", "succeeded"]
+    first, second = publish.bars
+    # 2 s..3 s in attempt 1, then 8 s..9 s in attempt 2: nothing drawn during the delay.
+    assert (first.left, first.width) == (round(100 / 9, 3), round(100 / 9, 3))
+    assert (second.left, second.width) == (round(700 / 9, 3), round(100 / 9, 3))
+    assert "attempt 1: failed" in first.title and "attempt 2: succeeded" in second.title
+    assert len(done.bars) == 1 and done.bars[0].status == "succeeded"
+
+
 def test_pages_answer_html_with_a_strict_content_security_policy(store: Store) -> None:
     """Every page (and the fragments htmx polls) on both backends, without a browser."""
     with TestClient(create_app(store)) as http:
