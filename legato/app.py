@@ -300,6 +300,7 @@ class Flow(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
         self.hints = serialization.type_hints(fn)
+        self._record: FlowRecord | None = None
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -307,6 +308,12 @@ class Flow(Generic[P, R]):
         return self.fn(*args, **kwargs)
 
     def record(self) -> FlowRecord:
+        """The flow as stored in the database (built once: a flow's options do not change)."""
+        if self._record is None:
+            self._record = self._build_record()
+        return self._record
+
+    def _build_record(self) -> FlowRecord:
         return FlowRecord(
             name=self.name,
             queue=self.queue,
