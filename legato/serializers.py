@@ -9,6 +9,9 @@ from . import serialization
 from .store.records import TERMINAL, FlowRecord, StepRecord
 from .timeutil import to_iso
 
+#: The terminal statuses, in the order stats list them.
+FINISHED_ORDER = ("succeeded", "failed", "cancelled")
+
 Row = dict[str, Any]
 
 
@@ -136,15 +139,16 @@ def queues_json(counts: Iterable[Row], workers: Iterable[Row]) -> list[dict[str,
 def stats_json(rows: Iterable[Row], since_ms: int, until_ms: int) -> dict[str, Any]:
     """``{"since", "until", "counts": {status: n}, "by_flow": {flow: {status: n}}}``.
 
-    Terminal statuses count runs that finished within the window; the other statuses count
-    runs in that state now.
+    Terminal statuses count runs that finished within the window and are always present (0
+    when none did, so ``counts.succeeded`` answers "how many succeeded?" even when the answer
+    is none); the other statuses count runs in that state now, and appear when there are some.
     """
-    counts: dict[str, int] = {}
+    counts: dict[str, int] = dict.fromkeys(FINISHED_ORDER, 0)
     by_flow: dict[str, dict[str, int]] = {}
     for row in rows:
         n = int(row["n"])
         counts[row["status"]] = counts.get(row["status"], 0) + n
-        flow = by_flow.setdefault(row["flow"], {})
+        flow = by_flow.setdefault(row["flow"], dict.fromkeys(FINISHED_ORDER, 0))
         flow[row["status"]] = flow.get(row["status"], 0) + n
     return {
         "since": to_iso(since_ms),

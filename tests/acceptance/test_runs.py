@@ -92,8 +92,9 @@ def test_two_step_flow_succeeds_and_read_commands_have_the_spec_shapes(cluster: 
     stats = cli_json(["stats", "--since", "10m"], db)
     assert_keys(stats, ("since", "until", "counts", "by_flow"), "stats --json")
     assert parse_utc(stats["since"]) < parse_utc(stats["until"])
-    assert stats["counts"] == {"succeeded": 1}
-    assert stats["by_flow"] == {"two_steps": {"succeeded": 1}}
+    # The terminal statuses are always counted, 0 when no run ended that way.
+    assert stats["counts"] == {"succeeded": 1, "failed": 0, "cancelled": 0}
+    assert stats["by_flow"] == {"two_steps": {"succeeded": 1, "failed": 0, "cancelled": 0}}
 
     workers = cli_json(["workers", "list"], db)
     assert len(workers) == 1
@@ -150,7 +151,7 @@ def test_failing_step_is_retried_then_the_run_fails_saying_where_and_why(
     assert statuses.count("running") == 3
     assert statuses[-1] == "failed" and statuses.count("failed") == 1
 
-    assert cli_json(["stats"], db)["counts"] == {"failed": 1}
+    assert cli_json(["stats"], db)["counts"] == {"succeeded": 0, "failed": 1, "cancelled": 0}
 
 
 def _one(entries: list[dict[str, Any]], text: str) -> dict[str, Any]:

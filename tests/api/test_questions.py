@@ -191,7 +191,7 @@ def test_the_nine_questions(scene: Scene) -> None:
     stats = scene.get("/stats", since="5m")
     assert stats["counts"]["succeeded"] == 3
     assert stats["counts"]["failed"] == 1
-    assert stats["by_flow"]["nightly_import"] == {"succeeded": 3, "failed": 1}
+    assert stats["by_flow"]["nightly_import"] == {"succeeded": 3, "failed": 1, "cancelled": 0}
     assert stats["counts"]["running"] == 2  # active now: the busy run and the report
     series = scene.get("/stats/series", since="5m")
     assert sum(p["counts"].get("succeeded", 0) for p in series["series"]) == 3
