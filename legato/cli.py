@@ -520,7 +520,7 @@ def logs(
 
 @flows_cli.command("list")
 def flows_list(as_json: JsonOption = False, db: DbOption = None) -> None:
-    """Registered flows with their last status."""
+    """Registered flows with their last status and next scheduled fire."""
     flows = _client(db).flows()
     if as_json:
         _print_json(flows)
@@ -529,7 +529,15 @@ def flows_list(as_json: JsonOption = False, db: DbOption = None) -> None:
         console.print("no flows yet: start a worker with [bold]legato worker path/to/app.py[/]")
         return
     table = Table(
-        "flow", "queue", "version", "retries", "timeout", "last status", "last run", "description"
+        "flow",
+        "queue",
+        "version",
+        "retries",
+        "timeout",
+        "last status",
+        "last run",
+        "next fire",
+        "description",
     )
     for f in flows:
         last = f["last_run"]
@@ -541,6 +549,7 @@ def flows_list(as_json: JsonOption = False, db: DbOption = None) -> None:
             f"{f['timeout']:g}s" if f["timeout"] else "-",
             _styled(f["last_status"]),
             _short_time(last["created_at"]) if last else "-",
+            _short_time(f["next_fire_at"]) if f.get("next_fire_at") else "-",
             f["description"] or "",
         )
     console.print(table)
