@@ -5,9 +5,9 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -31,7 +31,7 @@ R = TypeVar("R")
 
 def new_run_id() -> str:
     """A time-ordered id: 12 hex digits of epoch milliseconds, then 20 random hex digits."""
-    return f"{int(time.time() * 1000):012x}{uuid.uuid4().hex[:20]}"
+    return f"{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
 
 
 class App:

@@ -18,7 +18,7 @@ from typing import Any
 
 from .app import new_run_id
 from .limits import FlowControl, limit_keys_for
-from .schedules import Schedule
+from .schedules import Schedule, parse_definition
 from .store import NewRun, Store
 from .store.base import Tx
 from .store.records import WAITING
@@ -76,7 +76,7 @@ class Scheduler:
             advances: list[dict[str, Any]] = []
             for row in rows:
                 try:
-                    schedule = Schedule.from_json(json.loads(row["definition"]))
+                    schedule = parse_definition(row["definition"])
                 except Exception as exc:  # a definition written by another Legato version
                     log.error("schedule %s has an unreadable definition: %s", row["id"], exc)
                     continue
