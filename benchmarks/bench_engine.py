@@ -968,9 +968,9 @@ def write_results_md(
     ]
     if results.get("noisy"):
         lines.append(
-            "- **Measured while other processes were active on this 2-core machine** (other "
-            "test suites, sharing the CPU and the PostgreSQL server): figures are noisy and "
-            "pessimistic; compare repeated runs, not single digits."
+            "- **The machine was not idle when this started** (the load average or the idle "
+            "probe above; other processes share the 2 cores and the PostgreSQL server): figures "
+            "are noisy and pessimistic; compare repeated runs, not single digits."
         )
     lines += [
         "",
