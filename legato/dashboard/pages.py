@@ -371,6 +371,11 @@ def _run_context(client: Client, run_id: str, after: int) -> dict[str, Any]:
         "run": run,
         "tries": tries,
         "timeline": timeline.build(run, tries, now),
+        "step_running": {
+            s["position"]: ms
+            for s in run.get("steps") or []
+            if (ms := timeline.step_running_ms(s, tries, now)) is not None
+        },
         "logs": logs,
         "last_log_id": logs[-1]["id"] if logs else after,
         "log_limit_hit": len(logs) >= LOG_LIMIT,

@@ -146,6 +146,24 @@ def _step_bars(
     return bars
 
 
+def step_running_ms(step: dict[str, Any], tries: list[Attempt], now_ms: int) -> int | None:
+    """How long a step that ran in several attempts of its run actually ran.
+
+    Its record spans from the first start to the last finish, across the retry delays or
+    recoveries in between; this adds up only the parts inside the run's attempts. None when
+    the step ran within one attempt (its span is then its running time).
+    """
+    start, end = iso_ms(step["started_at"]), iso_ms(step["finished_at"]) or now_ms
+    if start is None:
+        return None
+    pieces = [
+        min(end, iso_ms(a.ended_at) or now_ms) - max(start, iso_ms(a.started_at) or start)
+        for a in tries
+        if (iso_ms(a.started_at) or start) < end and (iso_ms(a.ended_at) or now_ms) > start
+    ]
+    return sum(pieces) if len(pieces) > 1 else None
+
+
 def build(run: dict[str, Any], tries: list[Attempt], now_ms: int) -> Timeline | None:
     """The Gantt chart: one row of attempts, then one row per step, on one time axis."""
     starts = [iso_ms(a.started_at) for a in tries] + [

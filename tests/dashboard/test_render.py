@@ -146,6 +146,9 @@ def test_a_step_run_again_in_a_later_attempt_is_drawn_per_attempt() -> None:
     assert (second.left, second.width) == (round(700 / 9, 3), round(100 / 9, 3))
     assert "attempt 1: failed" in first.title and "attempt 2: succeeded" in second.title
     assert len(done.bars) == 1 and done.bars[0].status == "succeeded"
+    # The steps list says how long it ran (1 s + 1 s), not the 7 s from first start to finish.
+    assert timeline.step_running_ms(run["steps"][0], tries, now_ms=20_000) == 2000
+    assert timeline.step_running_ms(run["steps"][1], tries, now_ms=20_000) is None
 
 
 def test_pages_answer_html_with_a_strict_content_security_policy(store: Store) -> None:
