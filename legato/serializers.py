@@ -6,11 +6,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from . import serialization
-from .store.records import TERMINAL, FlowRecord, StepRecord
+from .store.records import FINISHED, TERMINAL, FlowRecord, StepRecord
 from .timeutil import to_iso
-
-#: The terminal statuses, in the order stats list them.
-FINISHED_ORDER = ("succeeded", "failed", "cancelled")
 
 Row = dict[str, Any]
 
@@ -143,12 +140,12 @@ def stats_json(rows: Iterable[Row], since_ms: int, until_ms: int) -> dict[str, A
     when none did, so ``counts.succeeded`` answers "how many succeeded?" even when the answer
     is none); the other statuses count runs in that state now, and appear when there are some.
     """
-    counts: dict[str, int] = dict.fromkeys(FINISHED_ORDER, 0)
+    counts: dict[str, int] = dict.fromkeys(FINISHED, 0)
     by_flow: dict[str, dict[str, int]] = {}
     for row in rows:
         n = int(row["n"])
         counts[row["status"]] = counts.get(row["status"], 0) + n
-        flow = by_flow.setdefault(row["flow"], dict.fromkeys(FINISHED_ORDER, 0))
+        flow = by_flow.setdefault(row["flow"], dict.fromkeys(FINISHED, 0))
         flow[row["status"]] = flow.get(row["status"], 0) + n
     return {
         "since": to_iso(since_ms),

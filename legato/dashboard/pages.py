@@ -18,7 +18,7 @@ from starlette.responses import HTMLResponse, Response
 
 from ..client import Client
 from ..errors import UnknownFlow, UnknownRun
-from ..store.records import RUN_STATUSES, TERMINAL
+from ..store.records import FINISHED, RUN_STATUSES, TERMINAL
 from ..timeutil import parse_duration, to_iso
 from . import calendar, timeline
 from .render import Renderer, iso_ms
@@ -97,8 +97,6 @@ def _ms(run: dict[str, Any], key: str) -> int | None:
 # -- overview ---------------------------------------------------------------------------------
 
 
-#: Statuses counted by the overview's charts and windows (runs that finished).
-FINISHED = ("succeeded", "failed", "cancelled")
 MINUTES_PER_DAY = 1440
 
 

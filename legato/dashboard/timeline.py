@@ -103,65 +103,63 @@ def _bar(t0: int, span: int, start: int, end: int, status: str, title: str) -> B
     return Bar(round(max(0.0, left), 3), round(width, 3), status, title)
 
 
-def _step_bars(
-    t0: int,
-    span: int,
-    step: dict[str, Any],
-    start: int,
-    end: int,
-    windows: list[tuple[int, int, int, str]],
-) -> list[Bar]:
-    """A step's bars: one per attempt of the run it ran in.
+#: One attempt's window on the time axis: (attempt number, start ms, end ms, its status).
+Window = tuple[int, int, int, str]
 
-    A step record spans from its first start to its last finish. When the run was retried in
-    between (the step failed in attempt 1 and ran again in attempt 2), the time between the
-    attempts is a retry delay or a recovery, not the step running: the bar is cut to the
-    attempts' windows, each earlier piece drawn with how its attempt ended.
+
+def _windows(tries: list[Attempt], start_ms: int, end_ms: int) -> list[Window]:
+    """The attempts as time windows; an unknown start or a running end falls back to the
+    given bounds."""
+    return [
+        (a.number, iso_ms(a.started_at) or start_ms, iso_ms(a.ended_at) or end_ms, a.status)
+        for a in tries
+    ]
+
+
+def _pieces(start: int, end: int, windows: list[Window]) -> list[Window]:
+    """The parts of ``start..end`` inside each attempt window it overlaps.
+
+    A step record spans from its first start to its last finish. When the run was retried or
+    recovered in between, the time between the attempts is not the step running: only these
+    pieces are.
     """
-    label = f"{step['name']}: {step['status']}, {duration(end - start)}" + (
-        f", {step['attempts']} attempts" if step["attempts"] > 1 else ""
-    )
-    pieces = [
+    return [
         (n, max(start, w0), min(end, w1), how)
         for n, w0, w1, how in windows
         if w0 < end and w1 > start
     ]
+
+
+def _step_bars(
+    t0: int, span: int, step: dict[str, Any], start: int, end: int, windows: list[Window]
+) -> list[Bar]:
+    """A step's bars: one per attempt of the run it ran in, each earlier piece drawn with how
+    its attempt ended."""
+    pieces = _pieces(start, end, windows)
     if len(pieces) < 2:
+        label = f"{step['name']}: {step['status']}, {duration(end - start)}" + (
+            f", {step['attempts']} attempts" if step["attempts"] > 1 else ""
+        )
         return [_bar(t0, span, start, end, step["status"], label)]
     bars = []
     for i, (number, p0, p1, how) in enumerate(pieces):
         last = i == len(pieces) - 1
         status = step["status"] if last else how
         outcome = step["status"] if last else ("failed" if how == "failed" else "interrupted")
-        bars.append(
-            _bar(
-                t0,
-                span,
-                p0,
-                p1,
-                status,
-                f"{step['name']} in attempt {number}: {outcome}, {duration(p1 - p0)}",
-            )
-        )
+        title = f"{step['name']} in attempt {number}: {outcome}, {duration(p1 - p0)}"
+        bars.append(_bar(t0, span, p0, p1, status, title))
     return bars
 
 
 def step_running_ms(step: dict[str, Any], tries: list[Attempt], now_ms: int) -> int | None:
-    """How long a step that ran in several attempts of its run actually ran.
-
-    Its record spans from the first start to the last finish, across the retry delays or
-    recoveries in between; this adds up only the parts inside the run's attempts. None when
-    the step ran within one attempt (its span is then its running time).
-    """
-    start, end = iso_ms(step["started_at"]), iso_ms(step["finished_at"]) or now_ms
+    """How long a step that ran in several attempts of its run actually ran (the sum of its
+    pieces inside the attempts), or None when it ran within one attempt (its span is then its
+    running time)."""
+    start = iso_ms(step["started_at"])
     if start is None:
         return None
-    pieces = [
-        min(end, iso_ms(a.ended_at) or now_ms) - max(start, iso_ms(a.started_at) or start)
-        for a in tries
-        if (iso_ms(a.started_at) or start) < end and (iso_ms(a.ended_at) or now_ms) > start
-    ]
-    return sum(pieces) if len(pieces) > 1 else None
+    pieces = _pieces(start, iso_ms(step["finished_at"]) or now_ms, _windows(tries, start, now_ms))
+    return sum(p1 - p0 for _, p0, p1, _ in pieces) if len(pieces) > 1 else None
 
 
 def build(run: dict[str, Any], tries: list[Attempt], now_ms: int) -> Timeline | None:
@@ -194,9 +192,7 @@ def build(run: dict[str, Any], tries: list[Attempt], now_ms: int) -> Timeline | 
             )
         )
     rows = [attempt_row]
-    windows = [
-        (a.number, iso_ms(a.started_at) or t0, iso_ms(a.ended_at) or t1, a.status) for a in tries
-    ]
+    windows = _windows(tries, t0, t1)
     failed_step = run.get("failed_step")
     # One row per step name: a step called in a loop is one row with a bar per call.
     by_name: dict[str, Row] = {}

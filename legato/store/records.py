@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+#: The terminal statuses, in the order counts and charts list them.
+FINISHED = ("succeeded", "failed", "cancelled")
+TERMINAL = frozenset(FINISHED)
 WAITING = frozenset({"queued", "scheduled", "retrying", "sleeping"})
 RUN_STATUSES = (
     "scheduled",
