@@ -121,7 +121,7 @@ class App:
         if self._store is None:
             with self._lock:
                 if self._store is None:
-                    self._store = open_store(self.database_url)
+                    self._store = open_store(self.database_url, settings=self.settings)
         return self._store
 
     def use_store(self, store: Store) -> None:
@@ -222,23 +222,25 @@ def _submit(app: App, flow: FlowRecord, params: dict[str, Any], opts: SubmitOpti
     limit_keys = limit_keys_for(
         flow.flow_control, params, local.control if local is not None else None
     )
-    row, _created = app.store.create_run(
-        NewRun(
-            id=new_run_id(),
-            flow=flow.name,
-            params=encoded,
-            queue=opts.queue or flow.queue,
-            max_attempts=flow.max_attempts,
-            priority=flow.priority if opts.priority is None else opts.priority,
-            trigger=trigger,
-            parent_id=parent_id,
-            retry_of=opts.retry_of,
-            idempotency_key=key,
-            at_ms=to_ms(opts.at) if opts.at is not None else None,
-            delay_ms=int((delay or 0) * 1000),
-            limit_keys=limit_keys,
-        )
+    run = NewRun(
+        id=new_run_id(),
+        flow=flow.name,
+        params=encoded,
+        queue=opts.queue or flow.queue,
+        max_attempts=flow.max_attempts,
+        priority=flow.priority if opts.priority is None else opts.priority,
+        trigger=trigger,
+        parent_id=parent_id,
+        retry_of=opts.retry_of,
+        idempotency_key=key,
+        at_ms=to_ms(opts.at) if opts.at is not None else None,
+        delay_ms=int((delay or 0) * 1000),
+        limit_keys=limit_keys,
     )
+    if parent is None:
+        row, _created = app.store.create_run(run)
+    else:  # a child's key makes the submit safe to repeat across a database fault
+        row, _created = parent.durably("submitting a child run", lambda: app.store.create_run(run))
     return RunHandle(app, row["id"])
 
 

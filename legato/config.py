@@ -17,12 +17,34 @@ variable                       default     meaning
 ``LEGATO_LOG_FLUSH_SECONDS``   0.2         how often captured log lines are written
 ``LEGATO_SCHEDULER_SECONDS``   1.0         longest pause between two scheduler ticks (a tick
                                            also happens when the next fire is due)
+``LEGATO_MAX_LOG_LINE_BYTES``  65536       longest captured log line; a longer one is stored
+                                           cut, with a note saying how long it was
 =============================  ==========  ==================================================
+
+Database faults (see ``docs/reliability.md``):
+
+===========================================  ==========  ======================================
+variable                                     default     meaning
+===========================================  ==========  ======================================
+``LEGATO_DB_CONNECT_TIMEOUT``                5           seconds to wait for a connection before
+                                                         ``DatabaseUnavailable``
+``LEGATO_DB_STATEMENT_TIMEOUT``              30          PostgreSQL ``statement_timeout`` of
+                                                         Legato's sessions (0: none)
+``LEGATO_DB_LOCK_TIMEOUT``                   5           PostgreSQL ``lock_timeout`` (0: none)
+``LEGATO_DB_IDLE_IN_TRANSACTION_TIMEOUT``    lease / 2   PostgreSQL
+                                                         ``idle_in_transaction_session_timeout``:
+                                                         a frozen session's locks are released
+                                                         before its leases expire (0: none)
+``LEGATO_RECONNECT_MAX_SECONDS``             2           longest pause between two attempts to
+                                                         reach the database again (backoff from
+                                                         50 ms, doubling, with jitter)
+===========================================  ==========  ======================================
 """
 
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -51,6 +73,12 @@ class Settings:
     max_payload_bytes: int = 1024 * 1024
     log_flush_seconds: float = 0.2
     scheduler_seconds: float = 1.0
+    max_log_line_bytes: int = 64 * 1024
+    connect_timeout: float = 5.0
+    statement_timeout: float = 30.0
+    lock_timeout: float = 5.0
+    idle_in_transaction_timeout: float = 15.0
+    reconnect_max_seconds: float = 2.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -65,8 +93,25 @@ class Settings:
             max_payload_bytes=int(_env_float("LEGATO_MAX_PAYLOAD_BYTES", cls.max_payload_bytes)),
             log_flush_seconds=_env_float("LEGATO_LOG_FLUSH_SECONDS", cls.log_flush_seconds),
             scheduler_seconds=_env_float("LEGATO_SCHEDULER_SECONDS", cls.scheduler_seconds),
+            max_log_line_bytes=int(_env_float("LEGATO_MAX_LOG_LINE_BYTES", cls.max_log_line_bytes)),
+            connect_timeout=_env_float("LEGATO_DB_CONNECT_TIMEOUT", cls.connect_timeout),
+            statement_timeout=_env_float("LEGATO_DB_STATEMENT_TIMEOUT", cls.statement_timeout),
+            lock_timeout=_env_float("LEGATO_DB_LOCK_TIMEOUT", cls.lock_timeout),
+            idle_in_transaction_timeout=_env_float(
+                "LEGATO_DB_IDLE_IN_TRANSACTION_TIMEOUT", lease / 2
+            ),
+            reconnect_max_seconds=_env_float(
+                "LEGATO_RECONNECT_MAX_SECONDS", cls.reconnect_max_seconds
+            ),
         )
         return replace(settings, **overrides) if overrides else settings
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before reaching the database again after ``attempt`` failures in a
+        row: 50 ms doubling up to ``reconnect_max_seconds``, with jitter (so that workers
+        cut off together do not come back in lockstep)."""
+        ceiling = min(self.reconnect_max_seconds, 0.05 * 2.0 ** min(attempt, 16))
+        return ceiling / 2 + random.random() * ceiling / 2
 
     @property
     def worker_dead_after_seconds(self) -> float:

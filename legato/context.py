@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import os
 import threading
 import traceback as tb_module
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import serialization
 from .errors import (
     Cancelled,
+    DatabaseUnavailable,
     FlowTimeout,
     LeaseLost,
     NonDeterminismError,
+    PayloadTooLarge,
+    RunInterrupted,
+    SerializationError,
     StepTimeout,
     Suspend,
 )
@@ -32,6 +37,9 @@ from .store.records import ClaimedRun, StepRecord
 if TYPE_CHECKING:
     from .app import Step
     from .interrupt import Interrupter
+
+T = TypeVar("T")
+log = logging.getLogger("legato.worker")
 
 current_run: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(
     "legato_current_run", default=None
@@ -88,6 +96,8 @@ class RunContext:
         self.failed_exc: BaseException | None = None
         self.cancel_requested = threading.Event()
         self.lost = False
+        self.interrupted = False
+        self._fault_wake = threading.Event()
         self.children = 0
         self._history: dict[int, StepRecord] | None = None if run.has_history else {}
 
@@ -112,14 +122,57 @@ class RunContext:
 
     def check_boundary(self) -> None:
         """Called between steps: stop here if the run was cancelled or its lease was lost."""
+        if self.interrupted:
+            raise RunInterrupted(f"run {self.run.id}: its worker is stopping")
         if self.lost:
             raise LeaseLost(f"run {self.run.id} is owned by another worker now")
         if self.cancel_requested.is_set():
             raise Cancelled()
 
+    def interrupt(self) -> None:
+        """The worker gives this attempt up (shutdown): stop at the next write or boundary."""
+        self.interrupted = True
+        self._fault_wake.set()
+
+    def mark_lost(self) -> None:
+        """The lease belongs to another worker now: nothing more is written for this attempt."""
+        self.lost = True
+        self._fault_wake.set()
+
+    def durably(self, what: str, operation: Callable[[], T]) -> T:
+        """Run one of this attempt's database operations, riding out database faults.
+
+        A :class:`DatabaseUnavailable` is the infrastructure's problem, not the run's: the
+        operation is tried again with bounded, jittered backoff until it goes through (the
+        writes are fenced, so one that lands after the lease was lost changes nothing), the
+        lease is known lost (:class:`LeaseLost`), or the worker gives the attempt up
+        (:class:`RunInterrupted`). The run's code never sees the fault.
+        """
+        failures = 0
+        while True:
+            try:
+                return operation()
+            except DatabaseUnavailable as exc:
+                if self.interrupted:
+                    raise RunInterrupted(f"run {self.run.id}: its worker is stopping") from None
+                if self.lost:
+                    raise LeaseLost(f"run {self.run.id} is owned by another worker now") from None
+                if failures == 0:
+                    log.warning(
+                        "run %s: %s failed, retrying until the database is back: %s",
+                        self.run.id,
+                        what,
+                        exc,
+                    )
+                self._fault_wake.wait(self.store.settings.backoff(failures))
+                failures += 1
+
     def _recorded(self, position: int) -> StepRecord | None:
         if self._history is None:
-            self._history = {s.position: s for s in self.store.get_steps(self.run.id)}
+            steps = self.durably(
+                "reading the run's history", lambda: self.store.get_steps(self.run.id)
+            )
+            self._history = {s.position: s for s in steps}
         return self._history.get(position)
 
     def _begin(self, step: Step[Any, Any]) -> tuple[int, StepRecord | None]:
@@ -135,35 +188,45 @@ class RunContext:
         return position, recorded
 
     def _started(self, position: int, step: Step[Any, Any]) -> None:
-        if not self.store.step_started(
-            self.run.id, self.run.token, position, step.name, self.attempt
+        if not self.durably(
+            f"recording the start of step {step.name!r}",
+            lambda: self.store.step_started(
+                self.run.id, self.run.token, position, step.name, self.attempt
+            ),
         ):
-            self.lost = True
+            self.mark_lost()
             raise LeaseLost(f"run {self.run.id}: lease lost before step {step.name!r}")
 
     def _succeeded(self, position: int, step: Step[Any, Any], value: Any) -> None:
-        encoded = serialization.dumps(
-            value, what=f"result of step {step.name!r}", limit=self.max_payload_bytes
-        )
-        if not self.store.step_finished(
-            self.run.id, self.run.token, position, "succeeded", result=encoded
+        try:
+            encoded = serialization.dumps(
+                value, what=f"result of step {step.name!r}", limit=self.max_payload_bytes
+            )
+        except (SerializationError, PayloadTooLarge) as exc:
+            # The step ran, but its result cannot be stored: the step fails with the reason.
+            self._failed(position, step, exc, attempt=step.retry.attempts)
+            raise
+        if not self.durably(
+            f"recording the result of step {step.name!r}",
+            lambda: self.store.step_finished(
+                self.run.id, self.run.token, position, "succeeded", result=encoded
+            ),
         ):
-            self.lost = True
+            self.mark_lost()
             raise LeaseLost(f"run {self.run.id}: lease lost in step {step.name!r}")
 
     def _failed(
         self, position: int, step: Step[Any, Any], exc: BaseException, attempt: int
     ) -> bool:
         """Record a failed step attempt; return True if the step should be tried again."""
-        if not self.store.step_finished(
-            self.run.id,
-            self.run.token,
-            position,
-            "failed",
-            error=describe_error(exc),
-            traceback=format_traceback(exc),
+        error, traceback = describe_error(exc), format_traceback(exc)
+        if not self.durably(
+            f"recording the failure of step {step.name!r}",
+            lambda: self.store.step_finished(
+                self.run.id, self.run.token, position, "failed", error=error, traceback=traceback
+            ),
         ):
-            self.lost = True
+            self.mark_lost()
             raise LeaseLost(f"run {self.run.id}: lease lost in step {step.name!r}") from exc
         if not isinstance(exc, FlowTimeout) and step.retry.should_retry(exc, attempt):
             return True
@@ -184,7 +247,7 @@ class RunContext:
             current_step.set(step.name)
             try:
                 value = self._call_sync(step, args, kwargs)
-            except (Cancelled, LeaseLost, Suspend):
+            except (Cancelled, LeaseLost, Suspend, RunInterrupted):
                 raise
             except BaseException as exc:
                 current_step.set(outer_step)
@@ -233,7 +296,7 @@ class RunContext:
                         ) from None
                 else:
                     value = await coro
-            except (Cancelled, LeaseLost, Suspend, asyncio.CancelledError):
+            except (Cancelled, LeaseLost, Suspend, RunInterrupted, asyncio.CancelledError):
                 raise
             except BaseException as exc:
                 current_step.set(outer_step)
@@ -263,20 +326,35 @@ class RunContext:
                 return
             wake_ms = int(serialization.loads(recorded.result) or wake_ms)
         else:
-            if not self.store.step_started(
-                self.run.id, self.run.token, position, name, self.attempt
+            if not self.durably(
+                f"recording the start of {name}",
+                lambda: self.store.step_started(
+                    self.run.id, self.run.token, position, name, self.attempt
+                ),
             ):
-                self.lost = True
+                self.mark_lost()
                 raise LeaseLost(f"run {self.run.id}: lease lost before {name}")
-        if self.store.now_ms() >= wake_ms:
-            if not self.store.step_finished(
-                self.run.id, self.run.token, position, "succeeded", result=str(wake_ms)
+        if self.now_ms() >= wake_ms:
+            if not self.durably(
+                f"recording the end of {name}",
+                lambda: self.store.step_finished(
+                    self.run.id, self.run.token, position, "succeeded", result=str(wake_ms)
+                ),
             ):
-                self.lost = True
+                self.mark_lost()
                 raise LeaseLost(f"run {self.run.id}: lease lost in {name}")
             return
-        self.store.record_step_result(self.run.id, self.run.token, position, str(wake_ms))
+        self.durably(
+            f"recording the wake time of {name}",
+            lambda: self.store.record_step_result(
+                self.run.id, self.run.token, position, str(wake_ms)
+            ),
+        )
         raise Suspend(wake_ms, name)
+
+    def now_ms(self) -> int:
+        """The database clock (riding out faults, see :meth:`durably`)."""
+        return self.durably("reading the database clock", self.store.now_ms)
 
     def _backoff(self, seconds: float) -> None:
         if seconds > 0 and self.cancel_requested.wait(seconds):

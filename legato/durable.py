@@ -30,7 +30,7 @@ def sleep(duration: float | timedelta) -> None:
     if ctx is None:
         time.sleep(max(0.0, seconds))
         return
-    ctx.sleep_until(ctx.store.now_ms() + int(seconds * 1000))
+    ctx.sleep_until(ctx.now_ms() + int(seconds * 1000))
 
 
 def sleep_until(moment: datetime) -> None:
@@ -61,11 +61,19 @@ def gather(
             handle.wait()
     else:
         ctx.check_boundary()
-        if any(store.get_run_status(h.id) not in TERMINAL for h in handles):
-            raise Suspend(store.now_ms() + int(poll_seconds * 1000), "gather")
+        statuses = ctx.durably(
+            "reading the status of child runs",
+            lambda: [store.get_run_status(h.id) for h in handles],
+        )
+        if any(status not in TERMINAL for status in statuses):
+            raise Suspend(ctx.now_ms() + int(poll_seconds * 1000), "gather")
+    rows = (
+        [store.get_run(h.id) for h in handles]
+        if ctx is None
+        else ctx.durably("reading child runs", lambda: [store.get_run(h.id) for h in handles])
+    )
     results: list[Any] = []
-    for handle in handles:
-        row = store.get_run(handle.id)
+    for handle, row in zip(handles, rows, strict=True):
         assert row is not None
         outcome: Any
         if row["status"] == "succeeded":

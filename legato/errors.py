@@ -12,7 +12,17 @@ class ConfigurationError(LegatoError):
 
 
 class DatabaseUnavailable(LegatoError):
-    """The database cannot be reached or is not usable."""
+    """The database cannot be reached or is not usable.
+
+    Raised instead of the driver's own error (psycopg, sqlite3) when a connection fails, is
+    cut, times out or the server is shutting down: a fault of the infrastructure, never of
+    a run. Whether the statement that failed took effect is unknown. ``url`` is the database
+    URL as given (the message shows it without its password).
+    """
+
+    def __init__(self, message: str, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 class UnknownFlow(LegatoError):
@@ -75,6 +85,17 @@ class StepTimeout(LegatoError, TimeoutError):
 
 class Cancelled(BaseException):
     """Raised inside a run at a step boundary when the run was cancelled.
+
+    It derives from ``BaseException`` so that ``except Exception`` in user code does not
+    swallow it.
+    """
+
+
+class RunInterrupted(BaseException):
+    """Raised inside a run when its worker stops executing it for a reason that is not the
+    run's: the worker is shutting down while the database is unreachable, or gave the
+    attempt up. The attempt is not counted; the run is handed back or recovered and resumes
+    from its last completed step.
 
     It derives from ``BaseException`` so that ``except Exception`` in user code does not
     swallow it.

@@ -36,7 +36,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import Cancelled, LeaseLost, NonDeterminismError, SerializationError, Suspend
+from .errors import Cancelled, DatabaseUnavailable, LeaseLost, RunInterrupted, Suspend
 
 if TYPE_CHECKING:
     from .app import App, Flow
@@ -204,7 +204,7 @@ def child_main(answer_fd: int) -> int:
     spec = json.loads(sys.stdin.read())
     answer: dict[str, Any]
     store = open_store(spec["database_url"], migrate=False, pool_size=2)
-    writer = LogWriter(store, 0.2)
+    writer = LogWriter(store, 0.2, max_line_bytes=store.settings.max_log_line_bytes)
     capture = Capture(writer)
     try:
         _app, flow = _find_flow(spec)
@@ -238,17 +238,20 @@ def child_main(answer_fd: int) -> int:
             answer = {"kind": "suspend", "wake_ms": suspend.wake_ms}
         except LeaseLost:
             answer = {"kind": "lost"}
+        except RunInterrupted:
+            answer = {"kind": "handback"}
         except BaseException as exc:
-            policy = flow.retry
-            answer = {
-                "kind": "error",
-                "error": describe_error(exc),
-                "traceback": format_traceback(exc),
-                "failed_step": ctx.failed_step if exc is ctx.failed_exc else None,
-                "retryable": isinstance(exc, policy.retry_on)
-                and not isinstance(exc, policy.dont_retry_on)
-                and not isinstance(exc, NonDeterminismError | SerializationError),
-            }
+            if isinstance(exc, DatabaseUnavailable) and exc.url == store.url.raw:
+                # Legato's own database failed under the run's code: not the run's error.
+                answer = {"kind": "handback"}
+            else:
+                answer = {
+                    "kind": "error",
+                    "error": describe_error(exc),
+                    "traceback": format_traceback(exc),
+                    "failed_step": ctx.failed_step if exc is ctx.failed_exc else None,
+                    "retryable": flow.retry.should_retry(exc, run.attempt),
+                }
         finally:
             current_run.reset(token)
         capture.end_of_run(ctx)
@@ -262,8 +265,7 @@ def child_main(answer_fd: int) -> int:
         }
     finally:
         with contextlib.suppress(Exception):
-            if writer.has_pending():
-                writer.flush()
+            writer.stop(grace=store.settings.lease_seconds)
     with os.fdopen(answer_fd, "w") as out:
         out.write(json.dumps(answer))
     os._exit(0)  # skip interpreter teardown (threads, pools): the answer is written

@@ -14,31 +14,50 @@ import logging
 import sys
 import threading
 import time
+from dataclasses import replace
 from typing import Any, TextIO
 
 from .context import RunContext, current_run
+from .serialization import storable_text
 from .store import LogLine, Store
 
 internal = logging.getLogger("legato.worker")
 
 
 class LogWriter:
-    """Buffers captured lines and writes them every ``interval`` seconds (and on demand)."""
+    """Buffers captured lines and writes them every ``interval`` seconds (and on demand).
 
-    def __init__(self, store: Store, interval: float) -> None:
+    Lines are kept until they are written: a batch whose write fails for a database fault is
+    put back and written again after a bounded, jittered backoff (the writes are fenced by
+    the run's lease token, so lines of a run that another worker took meanwhile are dropped by
+    the database). A batch refused for its content is written line by line, each line that
+    cannot be stored as it is replaced by what can (NUL characters and lone surrogates
+    replaced); its neighbours are never lost. A line longer than ``max_line_bytes`` is cut,
+    with a note of its length.
+    """
+
+    #: Most lines kept while the database is unreachable; beyond, the oldest are dropped
+    #: (and counted in the worker's log), so that an outage cannot exhaust memory.
+    MAX_BUFFERED = 200_000
+
+    def __init__(self, store: Store, interval: float, *, max_line_bytes: int = 64 * 1024) -> None:
         self.store = store
         self.interval = interval
+        self.max_line_bytes = max_line_bytes
         self._pending: list[LogLine] = []
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        self._wake = threading.Event()
         self._stopped = threading.Event()
+        self._failures = 0
+        self._retry_at = 0.0
         self._thread = threading.Thread(target=self._loop, name="legato-logs", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def add(self, ctx: RunContext, level: str, message: str) -> None:
+        if len(message) * 4 > self.max_line_bytes:
+            message = _cut(message, self.max_line_bytes)
         line = LogLine(
             ctx.run.id,
             ctx.run.token,
@@ -54,25 +73,104 @@ class LogWriter:
     def has_pending(self) -> bool:
         return bool(self._pending)
 
-    def flush(self) -> None:
-        """Write everything buffered so far (called at the end of every run that logged)."""
+    @property
+    def retrying(self) -> bool:
+        """Whether the last write failed for a database fault (lines are being kept)."""
+        return self._failures > 0
+
+    def flush(self, *, wait: bool = True) -> bool:
+        """Write everything buffered so far (called at the end of every run that logged).
+
+        Returns False when the lines are kept for later. Without ``wait``, nothing is tried
+        while the writer waits out a database fault (a run's end is not held up by it).
+        """
+        if not wait and self._failures and time.monotonic() < self._retry_at:
+            return False
         with self._flush_lock:
             with self._lock:
                 batch, self._pending = self._pending, []
-            if batch:
-                try:
-                    self.store.write_logs(batch)
-                except Exception:
-                    internal.exception("could not write %d log lines", len(batch))
+            if not batch:
+                return True
+            try:
+                self.store.write_logs(batch)
+            except Exception as exc:
+                if self.store.is_transient(exc):
+                    self._keep(batch, exc)
+                    return False
+                internal.error(
+                    "could not write %d log lines, writing them one by one: %s", len(batch), exc
+                )
+                self._write_one_by_one(batch)
+            if self._failures:
+                internal.info("log lines written again after %d failed attempt(s)", self._failures)
+            self._failures = 0
+            return True
+
+    def _keep(self, batch: list[LogLine], exc: BaseException) -> None:
+        """Put a batch whose write failed back in front of the buffer, to retry later."""
+        if self._failures == 0:
+            internal.warning(
+                "could not write %d log lines, keeping them until the database is back: %s",
+                len(batch),
+                exc,
+            )
+        self._retry_at = time.monotonic() + self.store.settings.backoff(self._failures)
+        self._failures += 1
+        with self._lock:
+            self._pending = batch + self._pending
+            excess = len(self._pending) - self.MAX_BUFFERED
+            if excess > 0:
+                del self._pending[:excess]
+        if excess > 0:
+            internal.error("dropped the %d oldest log lines kept during the outage", excess)
+
+    def _write_one_by_one(self, batch: list[LogLine]) -> None:
+        for line in batch:
+            try:
+                self.store.write_logs([line])
+                continue
+            except Exception:
+                pass
+            cleaned = replace(
+                line,
+                message=storable_text(line.message),
+                step=None if line.step is None else storable_text(line.step),
+            )
+            try:
+                self.store.write_logs([cleaned])
+            except Exception as exc:
+                internal.error("dropped a log line of run %s: %s", line.run_id, exc)
 
     def _loop(self) -> None:
         while not self._stopped.wait(self.interval):
-            if self._pending:
+            if self._pending and time.monotonic() >= self._retry_at:
                 self.flush()
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop the thread and write what is left, retrying for up to ``grace`` seconds."""
         self._stopped.set()
-        self.flush()
+        deadline = time.monotonic() + grace
+        while not self.flush() and time.monotonic() < deadline:
+            time.sleep(
+                min(
+                    self.store.settings.backoff(self._failures),
+                    max(0.0, deadline - time.monotonic()),
+                )
+            )
+        if self._pending:
+            internal.error(
+                "dropped %d log lines: the database stayed unreachable", len(self._pending)
+            )
+
+
+def _cut(message: str, limit: int) -> str:
+    """A line over ``limit`` bytes (UTF-8), cut to fit with a note of its full length."""
+    raw = message.encode("utf-8", "surrogatepass")
+    if len(raw) <= limit:
+        return message
+    note = f" [… line cut: {len(raw)} bytes, over the {limit}-byte limit]"
+    keep = max(0, limit - len(note.encode()))
+    return raw[:keep].decode("utf-8", "ignore") + note
 
 
 class _CaptureHandler(logging.Handler):

@@ -7,7 +7,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
+from .errors import NonDeterminismError, PayloadTooLarge, SerializationError
+
 Backoff = Literal["fixed", "linear", "exponential"]
+
+#: Failures that no other attempt can mend: never retried, whatever the policy says.
+NEVER_RETRIED = (NonDeterminismError, SerializationError, PayloadTooLarge)
 
 
 @dataclass(frozen=True)
@@ -50,8 +55,12 @@ class RetryPolicy:
         return cls(attempts=value + 1)
 
     def should_retry(self, exc: BaseException, attempt: int) -> bool:
-        """Whether a failure in ``attempt`` (1-based) earns another try."""
-        if attempt >= self.attempts:
+        """Whether a failure in ``attempt`` (1-based) earns another try.
+
+        Errors that another attempt cannot mend are never retried: steps called out of their
+        recorded order, and values that cannot be stored (not JSON, or over the size limit).
+        """
+        if attempt >= self.attempts or isinstance(exc, NEVER_RETRIED):
             return False
         return isinstance(exc, self.retry_on) and not isinstance(exc, self.dont_retry_on)
 

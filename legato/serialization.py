@@ -51,6 +51,12 @@ def dumps(value: Any, *, what: str = "value", limit: int | None = None) -> str:
     return text
 
 
+def storable_text(text: str) -> str:
+    """``text`` without what databases refuse in a text column: NUL characters (PostgreSQL)
+    and lone surrogates (not UTF-8), replaced (by U+FFFD and "?")."""
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
 def loads(text: str | None) -> Any:
     """Decode JSON text (``None`` stays ``None``)."""
     return None if text is None else json.loads(text)

@@ -6,14 +6,23 @@ Threads of a worker process:
   slots in one statement, then waits for a wake-up (LISTEN/NOTIFY on PostgreSQL,
   ``PRAGMA data_version`` on SQLite) or the polling interval;
 - **run threads** for sync flows and one **event loop** thread for ``async`` flows;
-- the **heartbeat**: one statement extends the leases of all the worker's runs, reports
-  cancel requests and lost leases; it also requeues runs whose lease expired anywhere;
-- the **log writer** and the **deadline monitor** (timeouts).
+- the **heartbeat** (:meth:`Worker.beat_once`): one statement extends the leases of the runs
+  the worker holds, records which of them are executing, reports cancel requests and lost
+  leases, and hands back runs the database gives the worker that it does not hold;
+- the **maintenance** loop (:meth:`Worker.maintain_once`): requeues runs whose lease expired
+  anywhere, fails poison runs;
+- the **outcome writer**, the **log writer** and the **deadline monitor** (timeouts).
+
+A database fault is the worker's problem, never a run's (see ``docs/reliability.md``): every
+loop retries after a bounded, jittered backoff, run threads wait at their next checkpoint
+until it is written, outcomes and log lines are kept until they are written, and every run
+the worker gives up is named in its log with the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import signal
@@ -30,12 +39,13 @@ from .config import Settings
 from .context import RunContext, current_run, describe_error, format_traceback
 from .errors import (
     Cancelled,
+    DatabaseUnavailable,
     FlowTimeout,
     LeaseLost,
-    NonDeterminismError,
-    SerializationError,
+    RunInterrupted,
     Suspend,
 )
+from .heartbeat import Health, Loop
 from .interrupt import Interrupter, _Alarm
 from .isolation import ChildProcessDied, run_in_child
 from .limits import default_max_recoveries
@@ -43,7 +53,13 @@ from .logcapture import Capture, LogWriter
 from .outcomes import OutcomeWriter
 from .pool import AsyncRunner, ThreadSlots
 from .scheduler import Scheduler
-from .store.base import Outcome, finish_outcome, retry_outcome, suspend_outcome
+from .store.base import (
+    Outcome,
+    finish_outcome,
+    hand_back_outcome,
+    retry_outcome,
+    suspend_outcome,
+)
 from .store.records import ClaimedRun
 
 if TYPE_CHECKING:
@@ -69,8 +85,15 @@ class Execution:
         self.thread_id: int | None = None
         self.task: asyncio.Task[Any] | None = None
         self.alarms: list[_Alarm] = []
+        #: The run's code is running in this process now (the poison evidence).
+        self.executing = False
         self._done = False
         self._lock = threading.Lock()
+
+    @property
+    def isolated(self) -> bool:
+        """Runs in a child process: its crashes cannot take the worker down."""
+        return self.flow is not None and self.flow.control.isolation == "process"
 
     def take_outcome(self) -> bool:
         """Claim the right to write this attempt's outcome (False if already abandoned)."""
@@ -112,18 +135,26 @@ class Worker:
         self.store = app.store
         self.lease_ms = int(self.settings.lease_seconds * 1000)
         self.interrupter = Interrupter()
-        self.writer = LogWriter(self.store, self.settings.log_flush_seconds)
+        self.writer = LogWriter(
+            self.store,
+            self.settings.log_flush_seconds,
+            max_line_bytes=self.settings.max_log_line_bytes,
+        )
         self.capture = Capture(self.writer)
         self._active: dict[str, Execution] = {}
         self._active_lock = threading.Lock()
+        # Held from a claim's statement until its runs are in _active, and by the heartbeat
+        # while it reads _active and writes: a run the database gives this worker but it
+        # does not hold (an orphan, handed back) is never one whose claim is in flight.
+        self._claim_lock = threading.Lock()
         self._slot_freed = threading.Event()
         self._stopping = threading.Event()
         self._force = threading.Event()
         self._heartbeat_now = threading.Event()
-        self._heartbeat_stop = threading.Event()
         self._threads: ThreadSlots | None = None
         self._async: AsyncRunner | None = None
         self._async_slots: asyncio.Semaphore | None = None
+        self.health = Health()
         self.scheduler = Scheduler(
             self.store, controls={name: f.control for name, f in app.flows.items()}
         )
@@ -144,6 +175,13 @@ class Worker:
         self._max_recoveries = default_max_recoveries()
         self._pruned_at = 0.0
         self._run_seconds = 1.0  # moving average of claim-to-end time (gated prefetch)
+        # Suspects (a worker died while they were executing) run alone, one at a time, so a
+        # crash during one is blamed on it exactly. _executing counts runs executing here.
+        self._admission = threading.Condition()
+        self._executing = 0
+        self._suspects: collections.deque[Execution] = collections.deque()
+        self._solo: Execution | None = None
+        self._loops: list[Loop] = []
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -159,10 +197,20 @@ class Worker:
             self._async = AsyncRunner()
         self.writer.start()
         self.capture.install()
-        heartbeat = threading.Thread(
-            target=self._heartbeat_loop, name="legato-heartbeat", daemon=True
-        )
-        heartbeat.start()
+        interval = self.settings.heartbeat_seconds
+        self._loops = [
+            Loop(
+                "heartbeat",
+                self.beat_once,
+                interval,
+                self.settings,
+                self.health,
+                self._heartbeat_now,
+            ),
+            Loop("maintenance", self.maintain_once, interval, self.settings, self.health),
+        ]
+        for loop in self._loops:
+            loop.start()
         self.scheduler.interval = self.settings.scheduler_seconds
         threading.Thread(target=self.scheduler.run, name="legato-scheduler", daemon=True).start()
         if install_signals and threading.current_thread() is threading.main_thread():
@@ -178,7 +226,7 @@ class Worker:
         try:
             self._claim_loop()
         finally:
-            self._shutdown(heartbeat)
+            self._shutdown()
 
     def stop(self, *, force: bool = False) -> None:
         """Stop claiming; running runs get the grace period (none with ``force``)."""
@@ -204,28 +252,28 @@ class Worker:
 
     def _claim_loop(self) -> None:
         wait = min(self.settings.poll_seconds, 0.5)
+        failures = 0
         while not self._stopping.is_set():
             self._slot_freed.clear()
             free = self.concurrency + self.prefetch - len(self._active)
-            if free <= 0:
+            if free <= 0 or self._suspects or self._solo is not None:
+                # Full, or a suspect waits to run alone: claim nothing more meanwhile.
                 self._slot_freed.wait(wait)
                 continue
             want = min(free, self.settings.claim_batch)
             try:
-                gated = self._claim_gated()
-                for run in gated:
-                    self._start(run)
-                want -= len(gated)
-                claimed = (
-                    self.store.claim(self.id, self.queues, want, self.lease_ms) if want else []
-                )
+                claimed = self.claim_once(want)
             except Exception as exc:
-                log.error("claim failed: %s", exc)
-                self._stopping.wait(wait)
+                self.health.fault()
+                if failures == 0:
+                    log.error("claim failed, retrying until the database is back: %s", exc)
+                failures += 1
+                self._stopping.wait(self.settings.backoff(failures))
                 continue
-            for run in claimed:
-                self._start(run)
-            if len(claimed) == want:
+            if failures:
+                log.info("claims work again after %d failed attempt(s)", failures)
+                failures = 0
+            if claimed == want:
                 continue
             try:
                 for payload in self.store.listen(wait):
@@ -234,9 +282,36 @@ class Worker:
                     elif payload == "slot":
                         self._gated_freed.set()
                     break
-            except Exception as exc:  # pragma: no cover - listener reconnects next time
-                log.warning("wake-up listener failed: %s", exc)
-                self._stopping.wait(wait)
+            except Exception:  # the listener reconnects next time; polling covers the gap
+                self._stopping.wait(min(wait, self.settings.backoff(1)))
+
+    def claim_once(self, want: int) -> int:
+        """Claim up to ``want`` runs and start them; returns how many were claimed.
+
+        Runs that start at once (a thread is free for each) are claimed as *executing*, the
+        evidence poison detection needs; runs claimed ahead of a free slot are not.
+        """
+        with self._claim_lock:
+            immediate = max(0, self.concurrency - len(self._active))
+            gated = self._claim_gated(immediate)
+            for run in gated:
+                self._start(run)
+            count = len(gated)
+            want -= count
+            immediate = max(0, immediate - count)
+            for limit, executing in ((min(want, immediate), True), (want - immediate, False)):
+                if limit <= 0:
+                    continue
+                claimed = self.store.claim(
+                    self.id, self.queues, limit, self.lease_ms, executing=executing
+                )
+                for run in claimed:
+                    self._start(run)
+                count += len(claimed)
+                if len(claimed) < limit:
+                    break
+        self._dispatch_suspect()
+        return count
 
     def _refresh_flow_control(self) -> None:
         """Re-read queue settings (at most every second): is a gated claim needed here?"""
@@ -251,7 +326,7 @@ class Worker:
         }
         self._limited_queues = limited & set(self.queues)
 
-    def _claim_gated(self) -> list[ClaimedRun]:
+    def _claim_gated(self, immediate: int) -> list[ClaimedRun]:
         """Claim runs with limits, or from limited queues, when this worker may have any.
 
         Runs are claimed for free slots, plus the prefetch while this worker's runs are short.
@@ -268,8 +343,9 @@ class Worker:
         if free <= 0 or (now < self._gated_idle_until and not self._gated_freed.is_set()):
             return []
         self._gated_freed.clear()
+        limit = min(free, self.settings.claim_batch)
         runs = self.store.claim_gated(
-            self.id, self.queues, min(free, self.settings.claim_batch), self.lease_ms
+            self.id, self.queues, limit, self.lease_ms, executing=limit <= immediate
         )
         self._gated_idle_until = now + (0 if runs else GATED_IDLE_SECONDS)
         for run in runs:
@@ -287,13 +363,94 @@ class Worker:
         exe = Execution(run, ctx, flow)
         with self._active_lock:
             self._active[run.id] = exe
-        if flow is not None and flow.is_async and flow.control.isolation != "process":
-            assert self._async is not None
+        if run.suspect and not exe.isolated:
+            with self._admission:
+                self._suspects.append(exe)
+            log.warning(
+                "run %s is a suspect (a worker died while it was executing): it runs alone",
+                run.id,
+            )
+            return
+        self._submit(exe)
+
+    def _submit(self, exe: Execution) -> None:
+        flow = exe.flow
+        if flow is not None and flow.is_async and not exe.isolated:
+            if self._async is None:
+                self._async = AsyncRunner()
             self._async.submit(self._run_async(exe))
         else:
             if self._threads is None:
                 self._threads = ThreadSlots(self.concurrency)
             self._threads.submit(lambda: self._run_sync(exe))
+
+    # -- admission: suspects run alone ---------------------------------------------------
+
+    def _dispatch_suspect(self) -> None:
+        """Start the next suspect when nothing else executes here (it then runs alone)."""
+        with self._admission:
+            if self._solo is not None or self._executing or not self._suspects:
+                return
+            exe = self._suspects.popleft()
+            self._solo = exe
+        flow = exe.flow
+        if flow is not None and flow.is_async:
+            self._submit(exe)
+        else:  # its own thread: a pool thread may be waiting for it to end
+            threading.Thread(
+                target=self._run_sync, args=(exe,), name="legato-suspect", daemon=True
+            ).start()
+
+    def _try_admit(self, exe: Execution) -> bool:
+        """Let ``exe``'s code start unless a suspect runs (or waits to run) alone."""
+        with self._admission:
+            if exe is not self._solo and (self._solo is not None or self._suspects):
+                return False
+            self._executing += 1
+            exe.executing = True
+            return True
+
+    def _admit(self, exe: Execution) -> bool:
+        """Wait until ``exe`` may start; False if it was abandoned meanwhile."""
+        while not self._try_admit(exe):
+            if exe.done:
+                return False
+            with self._admission:
+                self._admission.wait(0.2)
+        return True
+
+    async def _admit_async(self, exe: Execution) -> bool:
+        while not self._try_admit(exe):
+            if exe.done:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    def _finished_executing(self, exe: Execution) -> None:
+        with self._admission:
+            if exe.executing:
+                exe.executing = False
+                self._executing -= 1
+            if exe is self._solo:
+                self._solo = None
+            self._admission.notify_all()
+        self._dispatch_suspect()
+
+    def _mark_start(self, exe: Execution) -> None:
+        """Record the start of the run's code when the claim could not (it was claimed ahead
+        of a free slot and was recovered before, or it is a suspect); isolated runs are never
+        marked (a crash of their child process cannot take the worker down)."""
+        run = exe.claimed
+        if exe.isolated:
+            exe.ctx.durably(
+                "recording the run's start",
+                lambda: self.store.mark_executing(run.id, run.token, executing=False),
+            )
+        elif run.suspect or run.recovered:
+            exe.ctx.durably(
+                "recording the run's start",
+                lambda: self.store.mark_executing(run.id, run.token, executing=True),
+            )
 
     # -- executing -----------------------------------------------------------------------
 
@@ -312,10 +469,17 @@ class Worker:
         if exe.done:
             return
         flow = exe.flow
-        if flow is not None and flow.control.isolation == "process":
+        if flow is not None and exe.isolated:
             self._run_isolated(exe, flow)
             return
-        self._watch_timeout(exe)
+        if not self._admit(exe):
+            return
+        try:
+            self._execute_sync(exe, flow)
+        finally:
+            self._finished_executing(exe)
+
+    def _execute_sync(self, exe: Execution, flow: Flow[Any, Any] | None) -> None:
         if flow is None:
             self._record(
                 exe,
@@ -324,6 +488,15 @@ class Worker:
                 retry=False,
             )
             return
+        try:
+            self._mark_start(exe)
+        except (LeaseLost, RunInterrupted) as exc:
+            self._record(exe, "lost" if isinstance(exc, LeaseLost) else "handback", None)
+            return
+        if exe.ctx.cancel_requested.is_set():
+            self._record(exe, "cancelled", None)
+            return
+        self._watch_timeout(exe)
         token = current_run.set(exe.ctx)
         try:
             kind, payload = self._call_sync(exe, flow)
@@ -333,6 +506,11 @@ class Worker:
 
     def _run_isolated(self, exe: Execution, flow: Flow[Any, Any]) -> None:
         """One attempt in a child process (see :mod:`legato.isolation`)."""
+        try:
+            self._mark_start(exe)
+        except (LeaseLost, RunInterrupted) as exc:
+            self._record(exe, "lost" if isinstance(exc, LeaseLost) else "handback", None)
+            return
         try:
             answer = run_in_child(
                 flow, exe.ctx, self.store.url.raw, self.settings.max_payload_bytes
@@ -355,6 +533,8 @@ class Worker:
             self._record(exe, "suspend", Suspend(answer["wake_ms"]))
         elif kind == "cancelled":
             self._record(exe, "cancelled", None)
+        elif kind == "handback":
+            self._record(exe, "handback", None)
         else:
             self._record(exe, "lost", None)
 
@@ -375,23 +555,46 @@ class Worker:
             # message that says which limit was hit.
             timeout.args = (f"flow {flow.name!r} timed out after {flow.timeout:g}s",)
             return "error", timeout
-        except Cancelled:
-            return "cancelled", None
-        except Suspend as suspend:
-            return "suspend", suspend
-        except LeaseLost:
-            return "lost", None
         except BaseException as exc:
-            return "error", exc
+            return self._classify(exe, exc)
+
+    def _classify(self, exe: Execution, exc: BaseException) -> tuple[str, Any]:
+        """What an exception out of a run's code means for its attempt."""
+        if isinstance(exc, Cancelled):
+            return "cancelled", None
+        if isinstance(exc, Suspend):
+            return "suspend", exc
+        if isinstance(exc, LeaseLost):
+            return "lost", None
+        if isinstance(exc, RunInterrupted):
+            return "handback", None
+        if isinstance(exc, DatabaseUnavailable) and exc.url == self.store.url.raw:
+            # Legato's own database failed under the run's code (a call the run made to it):
+            # a fault of the infrastructure, not of the run. The attempt is not counted.
+            log.warning("run %s: the database failed under its code: %s", exe.claimed.id, exc)
+            return "handback", None
+        return "error", exc
 
     async def _run_async(self, exe: Execution) -> None:
         if self._async_slots is None:
             self._async_slots = asyncio.Semaphore(self.concurrency)
         async with self._async_slots:  # prefetched runs wait here, not in the event loop
-            if exe.done:
+            if exe.done or not await self._admit_async(exe):
                 return
-            self._watch_timeout(exe)
-            await self._execute_async(exe)
+            try:
+                try:
+                    await asyncio.to_thread(self._mark_start, exe)
+                except (LeaseLost, RunInterrupted) as exc:
+                    kind = "lost" if isinstance(exc, LeaseLost) else "handback"
+                    self._record(exe, kind, None)
+                    return
+                if exe.ctx.cancel_requested.is_set():
+                    self._record(exe, "cancelled", None)
+                    return
+                self._watch_timeout(exe)
+                await self._execute_async(exe)
+            finally:
+                self._finished_executing(exe)
 
     async def _execute_async(self, exe: Execution) -> None:
         flow = exe.flow
@@ -409,21 +612,28 @@ class Worker:
             if flow.timeout is not None and time.monotonic() - started >= flow.timeout:
                 error = FlowTimeout(f"flow {flow.name!r} timed out after {flow.timeout:g}s")
             kind, payload = "error", error
-        except (asyncio.CancelledError, Cancelled):
-            kind, payload = (
-                ("cancelled" if exe.ctx.cancel_requested.is_set() and not exe.ctx.lost else "lost"),
-                None,
-            )
-        except Suspend as suspend:
-            kind, payload = "suspend", suspend
-        except LeaseLost:
-            kind, payload = "lost", None
+        except asyncio.CancelledError:
+            kind, payload = self._cancelled_task(exe), None
         except BaseException as exc:
-            kind, payload = "error", exc
+            kind, payload = self._classify(exe, exc)
         self._record(exe, kind, payload)
 
+    @staticmethod
+    def _cancelled_task(exe: Execution) -> str:
+        ctx = exe.ctx
+        if ctx.interrupted:
+            return "handback"
+        if ctx.cancel_requested.is_set() and not ctx.lost:
+            return "cancelled"
+        return "lost"
+
     def _record(self, exe: Execution, kind: str, payload: Any, *, retry: bool = True) -> None:
-        """Hand the outcome of an attempt to the outcome writer, unless it was abandoned."""
+        """Hand the outcome of an attempt to the outcome writer, unless it was abandoned.
+
+        Every attempt that reaches here ends with an outcome or a log line saying why not:
+        an outcome that cannot be built (a result over the size limit, not JSON) fails the
+        attempt with the reason, so nothing is left ``running``.
+        """
         if not exe.take_outcome():
             return
         for alarm in exe.alarms:
@@ -432,52 +642,60 @@ class Worker:
         try:
             self.capture.end_of_run(ctx)
             if self.writer.has_pending():
-                self.writer.flush()
-            outcome: Outcome | None = None
-            if kind == "ok":
-                try:
-                    result = serialization.dumps(
-                        payload,
-                        what=f"result of flow {run.flow!r}",
-                        limit=self.settings.max_payload_bytes,
-                    )
-                except SerializationError as exc:
-                    kind, payload = "error", exc
-                else:
-                    outcome = finish_outcome(run.id, run.token, "succeeded", result=result)
-            if kind == "ok_json":  # a child process's result, already JSON
-                outcome = finish_outcome(run.id, run.token, "succeeded", result=payload)
-            elif kind == "child_error":
-                outcome = self._child_error_outcome(exe, payload)
-            if kind == "suspend":
-                outcome = suspend_outcome(run.id, run.token, payload.wake_ms)
-            elif kind == "cancelled":
-                outcome = finish_outcome(
-                    run.id, run.token, "cancelled", error="cancelled on request"
-                )
-            elif kind == "error":
-                outcome = self._error_outcome(exe, payload, retry=retry)
-        except Exception:
-            log.exception("could not record the outcome of run %s; its lease will expire", run.id)
-            outcome = None
+                self.writer.flush(wait=False)
+        except Exception:  # the lines stay buffered; the writer retries them
+            log.exception("run %s: could not write its last log lines yet", run.id)
+        outcome: Outcome | None
+        try:
+            outcome = self._outcome(exe, kind, payload, retry=retry)
+        except Exception as exc:
+            log.exception("run %s: could not build the outcome of its attempt", run.id)
+            outcome = finish_outcome(
+                run.id,
+                run.token,
+                "failed",
+                error=f"OutcomeNotStored: {describe_error(exc)}",
+                traceback=format_traceback(exc),
+            )
         if outcome is None:
             self._release(exe)
         else:
             self._outcomes.submit(exe, outcome)
+
+    def _outcome(self, exe: Execution, kind: str, payload: Any, *, retry: bool) -> Outcome | None:
+        run = exe.claimed
+        if kind == "ok":
+            try:
+                result = serialization.dumps(
+                    payload,
+                    what=f"result of flow {run.flow!r}",
+                    limit=self.settings.max_payload_bytes,
+                )
+            except Exception as exc:  # not JSON, or over the size limit: the attempt fails
+                return self._error_outcome(exe, exc, retry=retry)
+            return finish_outcome(run.id, run.token, "succeeded", result=result)
+        if kind == "ok_json":  # a child process's result, already JSON
+            return finish_outcome(run.id, run.token, "succeeded", result=payload)
+        if kind == "child_error":
+            return self._child_error_outcome(exe, payload)
+        if kind == "suspend":
+            return suspend_outcome(run.id, run.token, payload.wake_ms)
+        if kind == "cancelled":
+            return finish_outcome(run.id, run.token, "cancelled", error="cancelled on request")
+        if kind == "error":
+            return self._error_outcome(exe, payload, retry=retry)
+        if kind == "handback":
+            log.warning("handing back run %s: its attempt was interrupted (not counted)", run.id)
+            return hand_back_outcome(run.id, run.token)
+        log.warning("gave up run %s: its lease is lost (another worker owns it now)", run.id)
+        return None
 
     def _error_outcome(self, exe: Execution, exc: BaseException, *, retry: bool = True) -> Outcome:
         ctx, run = exe.ctx, exe.claimed
         failed_step = ctx.failed_step if exc is ctx.failed_exc else None
         error, tb = describe_error(exc), format_traceback(exc)
         policy = exe.flow.retry if exe.flow is not None else None
-        if (
-            retry
-            and policy is not None
-            and run.attempt < run.max_attempts
-            and isinstance(exc, policy.retry_on)
-            and not isinstance(exc, policy.dont_retry_on)
-            and not isinstance(exc, NonDeterminismError)
-        ):
+        if retry and policy is not None and policy.should_retry(exc, run.attempt):
             delay_ms = int(policy.delay_for(run.attempt) * 1000)
             return retry_outcome(
                 run.id, run.token, delay_ms, error=error, traceback=tb, failed_step=failed_step
@@ -487,7 +705,8 @@ class Worker:
         )
 
     def _child_error_outcome(self, exe: Execution, answer: dict[str, Any]) -> Outcome:
-        """The outcome of an attempt that raised in a child process (it said if retryable)."""
+        """The outcome of an attempt that raised in a child process (it applied the retry
+        rule, :meth:`~legato.retry.RetryPolicy.should_retry`, to its exception)."""
         run = exe.claimed
         policy = exe.flow.retry if exe.flow is not None else None
         if answer["retryable"] and policy is not None and run.attempt < run.max_attempts:
@@ -524,14 +743,17 @@ class Worker:
         )
         self._outcomes.submit(exe, self._error_outcome(exe, timeout))
 
-    def _abandon_code(self, exe: Execution) -> None:
+    def _abandon_code(self, exe: Execution, *, interrupt: bool = False) -> None:
         """Stop a run's code from doing more: fence it, cancel its task, replace its thread."""
-        exe.ctx.lost = True
+        if interrupt:
+            exe.ctx.interrupt()
+        exe.ctx.mark_lost()
         exe.ctx.cancel_requested.set()
         if exe.task is not None and self._async is not None:
             self._async.call_soon(exe.task.cancel)
         elif exe.thread_id is not None and self._threads is not None:
             self._threads.retire(exe.thread_id)
+        self._finished_executing(exe)
 
     def _release(self, exe: Execution) -> None:
         with self._active_lock:
@@ -543,44 +765,62 @@ class Worker:
             self._gated_freed.set()
         self._slot_freed.set()
 
-    # -- heartbeat -----------------------------------------------------------------------
-
-    def _heartbeat_loop(self) -> None:
-        interval = self.settings.heartbeat_seconds
-        while not self._heartbeat_stop.is_set():
-            self._heartbeat_now.wait(interval)
-            self._heartbeat_now.clear()
-            if self._heartbeat_stop.is_set():
-                return
-            try:
-                self.heartbeat()
-            except Exception as exc:
-                log.error("heartbeat failed: %s", exc)
+    # -- heartbeat and maintenance ---------------------------------------------------------
 
     def heartbeat(self) -> None:
-        """Extend leases, apply cancel requests, drop lost runs, requeue expired ones."""
+        """One heartbeat and one maintenance pass (for tests and tools)."""
+        self.beat_once()
+        self.maintain_once()
+
+    def beat_once(self) -> None:
+        """Extend the leases of the runs held here, record which are executing, apply cancel
+        requests, give up runs whose lease was lost, hand back orphans."""
         began = time.monotonic()
-        rows = self.store.heartbeat(self.id, len(self._active), self.lease_ms)
-        owned = {r["id"]: r for r in rows}
-        with self._active_lock:
-            active = list(self._active.values())
-        for exe in active:
-            if exe.claimed_at >= began or exe.done:
-                continue
-            row = owned.get(exe.claimed.id)
+        with self._claim_lock:
+            with self._active_lock:
+                held = list(self._active.values())
+            executing = [e.claimed.id for e in held if e.executing and not e.isolated]
+            answer = self.store.heartbeat(
+                self.id, self.lease_ms, [e.claimed.id for e in held], executing
+            )
+        self.health.beat(began)
+        for exe in held:
+            row = answer.owned.get(exe.claimed.id)
             if row is None or row["lease_token"] != exe.claimed.token:
                 if exe.take_outcome():
-                    log.warning("lost the lease of run %s: another worker owns it", exe.claimed.id)
+                    log.warning(
+                        "gave up run %s: its lease is lost (another worker owns it now)",
+                        exe.claimed.id,
+                    )
                     self._abandon_code(exe)
                     self._release(exe)
             elif row["cancel_requested"] and not exe.ctx.cancel_requested.is_set():
                 exe.ctx.cancel_requested.set()
                 if exe.task is not None and self._async is not None:
                     self._async.call_soon(exe.task.cancel)
-        requeued, poisoned = self.store.recover_expired(self._max_recoveries)
-        if requeued:
-            log.warning("requeued %d run(s) whose worker stopped heartbeating", requeued)
-        for row in poisoned:
+        for row in answer.handed_back:
+            log.warning(
+                "handed back run %s: the database gave it to this worker, which was not "
+                "running it (a claim whose answer was lost in a fault)",
+                row["id"],
+            )
+
+    def maintain_once(self) -> None:
+        """Requeue runs whose lease expired anywhere, fail poison runs, prune rate starts.
+
+        After a database fault it waits until this worker extended its own leases again, and
+        one heartbeat interval more (see :class:`~legato.heartbeat.Health`).
+        """
+        if not self.health.may_recover(self.settings.heartbeat_seconds):
+            return
+        recovery = self.store.recover_expired(self._max_recoveries)
+        if recovery.requeued:
+            log.warning(
+                "requeued %d run(s) whose worker stopped heartbeating", len(recovery.requeued)
+            )
+        for run_id in recovery.cancelled:
+            log.info("run %s cancelled as requested: its worker stopped heartbeating", run_id)
+        for row in recovery.poisoned:
             log.error("run %s failed as poison: %s", row["id"], row["error"])
         if time.monotonic() - self._pruned_at > RATE_PRUNE_SECONDS:
             self._pruned_at = time.monotonic()
@@ -588,7 +828,7 @@ class Worker:
 
     # -- shutdown ------------------------------------------------------------------------
 
-    def _shutdown(self, heartbeat: threading.Thread) -> None:
+    def _shutdown(self) -> None:
         self.scheduler.stop()
         deadline = time.monotonic() + self.settings.grace_seconds
         while self._active and not self._force.is_set() and time.monotonic() < deadline:
@@ -598,17 +838,12 @@ class Worker:
             remaining = list(self._active.values())
         for exe in remaining:
             if exe.take_outcome():
-                self._abandon_code(exe)
-        self._outcomes.stop()
-        try:
-            handed = self.store.hand_back_all(self.id)
-            if handed:
-                log.warning("handed back %d running run(s); they resume on another worker", handed)
-        except Exception:
-            log.exception("could not hand back runs; their leases will expire")
-        self._heartbeat_stop.set()
-        self._heartbeat_now.set()
-        heartbeat.join(timeout=5)
+                log.warning("handing back run %s: the worker is stopping", exe.claimed.id)
+                self._abandon_code(exe, interrupt=True)
+        self._outcomes.stop(grace=max(0.0, deadline - time.monotonic()) + 1)
+        self._hand_back_all()
+        for loop in self._loops:
+            loop.stop()
         self.writer.stop()
         self.capture.uninstall()
         try:
@@ -620,3 +855,22 @@ class Worker:
         if self._async is not None:
             self._async.stop()
         log.info("worker %s stopped", self.id)
+
+    def _hand_back_all(self) -> None:
+        """Hand back every run the worker still owns (a few tries across a fault)."""
+        for attempt in range(5):
+            try:
+                handed = self.store.hand_back_all(self.id)
+            except Exception as exc:
+                if attempt == 4 or not self.store.is_transient(exc):
+                    log.error(
+                        "could not hand back runs (%s); their leases will expire and other "
+                        "workers resume them",
+                        exc,
+                    )
+                    return
+                time.sleep(self.settings.backoff(attempt))
+                continue
+            if handed:
+                log.warning("handed back %d running run(s); they resume on another worker", handed)
+            return

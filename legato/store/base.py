@@ -8,12 +8,16 @@ statements; run events are recorded by database triggers, so no code path can fo
 
 from __future__ import annotations
 
+import contextlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
+from ..config import Settings
+from ..errors import DatabaseUnavailable
 from . import queries as q
 from .records import ClaimedRun, FlowRecord, LogLine, NewRun, RunFilter, StepRecord
 from .url import DatabaseURL
@@ -47,8 +51,26 @@ class Store(ABC):
     name: str  # "sqlite" | "postgresql"
     url: DatabaseURL
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
         self._sql: dict[str, str] = {}
+        self.settings = settings or Settings.from_env()
+
+    # -- faults --------------------------------------------------------------------------
+
+    @abstractmethod
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether a driver error is a fault of the connection or the server (cut, restart,
+        timeout, lock wait), as opposed to a bad statement or bad data."""
+
+    def unavailable(self, exc: BaseException) -> DatabaseUnavailable:
+        """The :class:`DatabaseUnavailable` that stands for the driver error ``exc``."""
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        error = DatabaseUnavailable(
+            f"database {self.url.redacted()} unavailable: {reason}", url=self.url.raw
+        )
+        error.__cause__ = exc
+        return error
 
     # -- primitives each backend provides ------------------------------------------------
 
@@ -155,7 +177,18 @@ class Store(ABC):
 
         Returns ``(run_row, created)``.
         """
-        rows = self._write_returning(self.sql("INSERT_RUN"), run.as_params())
+        params = run.as_params()
+        try:
+            rows = self._write_returning(self.sql("INSERT_RUN"), params)
+        except DatabaseUnavailable as exc:
+            if exc.__cause__ is None:  # no connection could be had: nothing was sent
+                raise
+            # The connection broke with the INSERT in flight: it may have been applied. The
+            # run's id tells: look for it, and insert it only if it is not there.
+            existing = self._read(self.sql("GET_RUN"), {"id": run.id})
+            if existing:
+                return existing[0], True
+            rows = self._write_returning(self.sql("INSERT_RUN"), params)
         if rows:
             return rows[0], True
         existing = self._read(self.sql("GET_RUN_BY_KEY"), {"key": run.idempotency_key})
@@ -215,17 +248,22 @@ class Store(ABC):
     # -- runs: manual actions --------------------------------------------------------------
 
     def cancel_run(self, run_id: str) -> str | None:
-        """Cancel a waiting run at once, or ask a running one to stop.
+        """Cancel a waiting run at once, or ask a running one to stop (one statement).
 
         Returns the status after the call (``cancelled``, ``running`` when a stop was
-        requested, or the unchanged terminal status), ``None`` for an unknown id.
+        requested, or the unchanged terminal status), ``None`` for an unknown id. The request
+        of a running run is kept until its worker honours it: whatever the attempt does
+        meanwhile (retry, sleep, hand-back, recovery), the run ends ``cancelled``.
         """
-        if self._write(self.sql("CANCEL_WAITING"), {"id": run_id}):
-            return "cancelled"
-        if self._write(self.sql("REQUEST_CANCEL"), {"id": run_id}):
-            self._notify_cancel()
-            return "running"
-        return self.get_run_status(run_id)
+        rows = self._write_returning(self.sql("CANCEL_RUN"), {"id": run_id})
+        if not rows:
+            return self.get_run_status(run_id)
+        status = str(rows[0]["status"])
+        if status == "running":
+            # The request is written; without the wake-up the worker's heartbeat sees it.
+            with contextlib.suppress(DatabaseUnavailable):
+                self._notify_cancel()
+        return status
 
     def _notify_cancel(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Wake workers so a cancel request is seen before the next heartbeat (PG only)."""
@@ -233,14 +271,26 @@ class Store(ABC):
     # -- worker side -------------------------------------------------------------------------
 
     def claim(
-        self, worker_id: str, queues: Sequence[str], limit: int, lease_ms: int
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease_ms: int,
+        *,
+        executing: bool = False,
     ) -> list[ClaimedRun]:
+        """Claim up to ``limit`` due runs of ``queues`` under a lease of ``lease_ms``.
+
+        ``executing``: the worker starts them at once (the poison evidence, see
+        :data:`~legato.store.queries.FAIL_POISONED`); runs claimed ahead of a free slot are not.
+        """
         rows = self._write_returning(
             self._claim_sql(len(queues)),
             {
                 "worker_id": worker_id,
                 "limit": limit,
                 "lease_ms": lease_ms,
+                "executing": int(executing),
                 **self._claim_params(queues),
             },
         )
@@ -249,12 +299,18 @@ class Store(ABC):
         return [_claimed(r) for r in rows]
 
     def claim_gated(
-        self, worker_id: str, queues: Sequence[str], limit: int, lease_ms: int
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease_ms: int,
+        *,
+        executing: bool = False,
     ) -> list[ClaimedRun]:
         """Claim runs that are subject to limits or in limited queues (see :mod:`.gate`)."""
         from .gate import claim_gated
 
-        rows = claim_gated(self, worker_id, queues, limit, lease_ms)
+        rows = claim_gated(self, worker_id, queues, limit, lease_ms, executing)
         rows.sort(key=lambda r: (r["claim_at"], r["seq"]))
         return [_claimed(r) for r in rows]
 
@@ -269,21 +325,30 @@ class Store(ABC):
         A run already recovered ``max_recoveries`` times (the flow's own setting first) is
         poison: it ends ``failed`` instead. Returns how many runs were requeued.
         """
-        requeued, _ = self.recover_expired(max_recoveries)
-        return requeued
+        return len(self.recover_expired(max_recoveries).requeued)
 
-    def recover_expired(
-        self, max_recoveries: int = DEFAULT_MAX_RECOVERIES
-    ) -> tuple[int, list[Row]]:
-        """Fail poison runs, requeue the other expired ones: ``(requeued, poisoned rows)``."""
+    def recover_expired(self, max_recoveries: int = DEFAULT_MAX_RECOVERIES) -> Recovery:
+        """Fail poison runs, cancel expired runs whose cancel was requested, requeue the
+        other expired ones. Rows locked by another session are skipped, not waited for."""
         with self._transaction() as tx:
             poisoned = tx.read(self.sql("FAIL_POISONED"), {"max_recoveries": max_recoveries})
             for row in poisoned:
                 tx.write(
                     self.sql("CLOSE_RUNNING_STEPS"), {"run_id": row["id"], "error": row["error"]}
                 )
-            requeued = tx.write(self.sql("REQUEUE_EXPIRED"))
-        return requeued, poisoned
+            rows = tx.read(self.sql("REQUEUE_EXPIRED"))
+            cancelled = [r["id"] for r in rows if r["status"] == "cancelled"]
+            self._close_cancelled_steps(tx, cancelled)
+        return Recovery(
+            requeued=[r["id"] for r in rows if r["status"] != "cancelled"],
+            poisoned=poisoned,
+            cancelled=cancelled,
+        )
+
+    def _close_cancelled_steps(self, tx: Tx, run_ids: Sequence[str]) -> None:
+        """Steps still running in runs that just ended ``cancelled`` end with them."""
+        for run_id in run_ids:
+            tx.write(self.sql("CLOSE_RUNNING_STEPS"), {"run_id": run_id, "error": "cancelled"})
 
     # -- flow control: queues and limits -----------------------------------------------------
 
@@ -365,18 +430,43 @@ class Store(ABC):
         """Forget starts older than their limit's period."""
         return self._write(self.sql("PRUNE_RATE_STARTS"))
 
-    def heartbeat(self, worker_id: str, running: int, lease_ms: int) -> list[Row]:
-        """Extend the leases of all the worker's runs in one statement.
+    def heartbeat(
+        self,
+        worker_id: str,
+        lease_ms: int,
+        held: Collection[str],
+        executing: Collection[str] = (),
+    ) -> Heartbeat:
+        """Extend the leases of the runs the worker holds (``held``), record which of them are
+        ``executing``, and hand back runs the database gives the worker but it does not hold.
 
-        Returns ``id``, ``lease_token`` and ``cancel_requested`` of the runs the worker
-        still owns; a run missing from the answer was lost to another worker.
+        ``owned`` has ``id``, ``lease_token`` and ``cancel_requested`` of each held run the
+        worker still owns; a held run missing from it was lost to another worker.
         """
+        params = {
+            "worker_id": worker_id,
+            "lease_ms": lease_ms,
+            "running": len(held),
+            "held": self.dialect.ids(held),
+            "executing": self.dialect.ids(executing),
+        }
+        lists = {
+            "held": self.dialect.id_list("held"),
+            "executing": self.dialect.id_list("executing"),
+        }
         with self._transaction() as tx:
-            rows = tx.read(
-                self.sql("HEARTBEAT_RUNS"), {"worker_id": worker_id, "lease_ms": lease_ms}
+            orphans = tx.read(self.sql("HAND_BACK_ORPHANS", **lists), params)
+            owned = tx.read(self.sql("HEARTBEAT_RUNS", **lists), params)
+            tx.write(self.sql("WORKER_HEARTBEAT"), {"id": worker_id, "running": len(held)})
+            self._close_cancelled_steps(
+                tx, [r["id"] for r in orphans if r["status"] == "cancelled"]
             )
-            tx.write(self.sql("WORKER_HEARTBEAT"), {"id": worker_id, "running": running})
-        return rows
+        return Heartbeat(owned={r["id"]: r for r in owned}, handed_back=orphans)
+
+    def mark_executing(self, run_id: str, token: int, executing: bool = True) -> bool:
+        """Record that a run's code starts (or stopped) running in its worker (fenced)."""
+        params = {"run_id": run_id, "token": token, "executing": int(executing)}
+        return bool(self._write(self.sql("MARK_EXECUTING"), params))
 
     def finish_run(
         self,
@@ -437,13 +527,19 @@ class Store(ABC):
         """Wake idle workers: a limit's slot is free (PostgreSQL sends a NOTIFY)."""
 
     def _write_outcomes(self, tx: Tx, outcomes: Sequence[Outcome]) -> list[bool]:
-        written = []
-        for name, params in outcomes:
-            ok = tx.write(self.sql(name), params) > 0
-            if ok:
-                self._after_outcome(tx, name, params)
-            written.append(ok)
-        return written
+        return [self._write_outcome(tx, name, params) for name, params in outcomes]
+
+    def _write_outcome(self, tx: Tx, name: str, params: dict[str, Any]) -> bool:
+        """One fenced outcome inside ``tx``; False when the lease was lost."""
+        if name in RETURNS_STATUS:
+            rows = tx.read(self.sql(name), params)
+            if rows and rows[0]["status"] == "cancelled":
+                self._close_cancelled_steps(tx, [params["run_id"]])
+            return bool(rows)
+        if tx.write(self.sql(name), params) <= 0:
+            return False
+        self._after_outcome(tx, name, params)
+        return True
 
     def _after_outcome(self, tx: Tx, name: str, params: dict[str, Any]) -> None:
         if name == "FINISH_RUN" and params["status"] != "succeeded":
@@ -453,12 +549,28 @@ class Store(ABC):
                 {"run_id": params["run_id"], "error": params["error"]},
             )
 
+    def outcome_applied(self, outcome: Outcome) -> bool:
+        """After a fault, whether ``outcome`` (refused when written again) had in fact been
+        written before the connection broke: the run is past ``running`` under the token."""
+        name, params = outcome
+        row = self.get_run(params["run_id"])
+        if row is None or row["status"] == "running":
+            return False
+        token = row["lease_token"] - (1 if name == "HAND_BACK" else 0)
+        return bool(token == params["token"])
+
     def hand_back(self, run_id: str, token: int) -> bool:
-        """Return a run to its queue to be resumed by any worker (fenced)."""
-        return bool(self._write(self.sql("HAND_BACK"), {"run_id": run_id, "token": token}))
+        """Return a run to its queue to be resumed by any worker (fenced); a run whose cancel
+        was requested ends ``cancelled`` instead."""
+        with self._transaction() as tx:
+            return self._write_outcome(tx, *hand_back_outcome(run_id, token))
 
     def hand_back_all(self, worker_id: str) -> int:
-        return self._write(self.sql("HAND_BACK_ALL"), {"worker_id": worker_id})
+        """Hand back every run the worker owns; returns how many."""
+        with self._transaction() as tx:
+            rows = tx.read(self.sql("HAND_BACK_ALL"), {"worker_id": worker_id})
+            self._close_cancelled_steps(tx, [r["id"] for r in rows if r["status"] == "cancelled"])
+        return len(rows)
 
     def step_started(
         self, run_id: str, token: int, position: int, name: str, run_attempt: int
@@ -815,6 +927,33 @@ def suspend_outcome(run_id: str, token: int, wake_ms: int) -> Outcome:
     return "SUSPEND", {"run_id": run_id, "token": token, "wake_ms": wake_ms}
 
 
+def hand_back_outcome(run_id: str, token: int) -> Outcome:
+    """The worker gives the run back to its queue; the attempt is not counted."""
+    return "HAND_BACK", {"run_id": run_id, "token": token}
+
+
+#: Outcomes whose statement answers the run's new status (``cancelled`` when a cancel request
+#: won over the retry, the sleep or the hand-back).
+RETURNS_STATUS = frozenset({"RETRY_LATER", "SUSPEND", "HAND_BACK"})
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """The answer of :meth:`Store.heartbeat`."""
+
+    owned: dict[str, Row]  # held runs still owned: id -> id, lease_token, cancel_requested
+    handed_back: list[Row]  # runs owned in the database but not held: id, status
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """The answer of :meth:`Store.recover_expired`: ids requeued and cancelled, poison rows."""
+
+    requeued: list[str]
+    poisoned: list[Row]
+    cancelled: list[str]
+
+
 def _claimed(r: Row) -> ClaimedRun:
     return ClaimedRun(
         id=r["id"],
@@ -826,6 +965,8 @@ def _claimed(r: Row) -> ClaimedRun:
         queue=r["queue"],
         parent_id=r["parent_id"],
         has_history=bool(r["has_history"]),
+        suspect=bool(r["crashes"]),
+        recovered=bool(r["recoveries"]),
     )
 
 

@@ -130,7 +130,12 @@ def read_state(store: Store, tx: Tx) -> tuple[dict[str, QueueSettings], LimitSta
 
 
 def claim_gated(
-    store: Store, worker_id: str, queues: Sequence[str], limit: int, lease_ms: int
+    store: Store,
+    worker_id: str,
+    queues: Sequence[str],
+    limit: int,
+    lease_ms: int,
+    executing: bool = False,
 ) -> list[Row]:
     """Admit and claim up to ``limit`` gated runs from ``queues``; returns the CLAIM rows."""
     if limit <= 0:
@@ -170,7 +175,11 @@ def claim_gated(
                 break
         if not admitted:
             return []
-        params: dict[str, Any] = {"worker_id": worker_id, "lease_ms": lease_ms}
+        params: dict[str, Any] = {
+            "worker_id": worker_id,
+            "lease_ms": lease_ms,
+            "executing": int(executing),
+        }
         pick = _listed(store, admitted, "c", params)
         rows = tx.read(store.sql("CLAIM_GATED", claim_pick=pick), params)
         claimed = {r["id"] for r in rows}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .url import DatabaseURL
 
-HEAD = "0005"
+HEAD = "0006"
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 

@@ -8,18 +8,19 @@ idle workers wake within a millisecond; polling stays as the fallback.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool, PoolTimeout
 
+from ..config import Settings
 from ..errors import DatabaseUnavailable
 from . import migrate
 from . import queries as q
-from .base import Outcome, Row, Store, Tx
+from .base import Heartbeat, Outcome, Row, Store, Tx
+from .pgpool import Pool, PoolExhausted
 from .queries import Dialect
 from .records import NewRun
 from .url import DatabaseURL
@@ -34,6 +35,29 @@ DIALECT = Dialect(
 
 
 BULK_ROWS = 5000
+
+#: Driver errors that are faults of the connection or the server, not of a statement: a cut or
+#: terminated connection, a server shutting down or starting, a statement or lock timeout, a
+#: session ended for idling in a transaction, a deadlock or serialization failure.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    psycopg.errors.IdleInTransactionSessionTimeout,
+)
+
+
+def session_options(schema: str, settings: Settings) -> str:
+    """The ``options`` of Legato's sessions: the schema, and the timeouts that keep a stuck or
+    frozen session from holding locks or waiting for ever (see ``docs/reliability.md``)."""
+    options = [f"-c search_path={schema}"]
+    for name, seconds in (
+        ("statement_timeout", settings.statement_timeout),
+        ("lock_timeout", settings.lock_timeout),
+        ("idle_in_transaction_session_timeout", settings.idle_in_transaction_timeout),
+    ):
+        if seconds > 0:
+            options.append(f"-c {name}={max(1, int(seconds * 1000))}")
+    return " ".join(options)
 
 
 def _columns(rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -63,55 +87,86 @@ class PostgresStore(Store):
     dialect = DIALECT
 
     def __init__(
-        self, url: DatabaseURL, *, pool_size: int = 10, connect_timeout: float = 10
+        self, url: DatabaseURL, *, pool_size: int = 10, settings: Settings | None = None
     ) -> None:
-        super().__init__()
+        super().__init__(settings)
         assert url.conninfo is not None
         self.url = url
         self.channel = f"legato_{url.schema}"
-        self._kwargs: dict[str, Any] = {
-            "autocommit": True,
-            "row_factory": dict_row,
-            "options": f"-c search_path={url.schema}",
+        timeout = self.settings.connect_timeout
+        self._connect_kwargs: dict[str, Any] = {
+            # libpq counts whole seconds; psycopg applies it to every attempt of a connect.
+            "connect_timeout": max(2, int(timeout + 0.999)),
+            # A peer that vanished without closing (network cut) is noticed in seconds.
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
             # Which process a server session belongs to, for operators (pg_stat_activity).
             "application_name": f"legato:{os.getpid()}",
         }
-        self._connect_timeout = connect_timeout
+        self._kwargs: dict[str, Any] = {
+            **self._connect_kwargs,
+            "autocommit": True,
+            "row_factory": dict_row,
+            "options": session_options(url.schema, self.settings),
+        }
         self._check_reachable()
-        self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
-            url.conninfo,
-            min_size=1,
-            max_size=max(2, pool_size),
-            kwargs=self._kwargs,
-            timeout=max(30.0, connect_timeout),
-            open=True,
-            name=f"legato-{url.schema}",
+        self._pool = Pool(
+            url.conninfo, kwargs=self._kwargs, max_size=max(2, pool_size), timeout=timeout
         )
         self._listen_conn: psycopg.Connection[Any] | None = None
 
     def _check_reachable(self) -> None:
         try:
-            with psycopg.connect(
-                self.url.conninfo or "", connect_timeout=int(self._connect_timeout), autocommit=True
-            ):
+            with psycopg.connect(self.url.conninfo or "", autocommit=True, **self._connect_kwargs):
                 pass
         except psycopg.Error as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DatabaseUnavailable(
-                f"cannot connect to PostgreSQL at {self.url.redacted()}: {reason}"
+                f"cannot connect to PostgreSQL at {self.url.redacted()}: {reason}",
+                url=self.url.raw,
             ) from None
+
+    def is_transient(self, exc: BaseException) -> bool:
+        return isinstance(exc, (*TRANSIENT_ERRORS, DatabaseUnavailable))
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Row]]:
+        """A pooled connection; a fault of the connection or server raises
+        :class:`DatabaseUnavailable` (the pool discards a broken connection). One that could
+        not be had at all has no ``__cause__``: nothing was sent."""
         try:
-            with self._pool.connection() as conn:
-                yield conn
-        except PoolTimeout:
+            conn = self._pool.acquire()
+        except PoolExhausted as exc:
             raise DatabaseUnavailable(
-                f"no PostgreSQL connection available at {self.url.redacted()}"
+                f"no PostgreSQL connection available at {self.url.redacted()}: {exc}",
+                url=self.url.raw,
             ) from None
+        except TRANSIENT_ERRORS as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DatabaseUnavailable(
+                f"cannot connect to PostgreSQL at {self.url.redacted()}: {reason}",
+                url=self.url.raw,
+            ) from None
+        try:
+            yield conn
+        except TRANSIENT_ERRORS as exc:
+            raise self.unavailable(exc) from exc
+        finally:
+            self._pool.release(conn)
 
     def _read(self, sql: str, params: dict[str, Any] | None = None) -> list[Row]:
+        try:
+            return self._fetch(sql, params)
+        except DatabaseUnavailable as exc:
+            if exc.__cause__ is None:  # no connection to be had: do not wait for one twice
+                raise
+            # A connection that died between the pool's check and this query: a read is
+            # safe to repeat, once, on a fresh connection.
+            return self._fetch(sql, params)
+
+    def _fetch(self, sql: str, params: dict[str, Any] | None = None) -> list[Row]:
         with self._connection() as conn:
             return conn.execute(sql, params or {}).fetchall()
 
@@ -120,7 +175,7 @@ class PostgresStore(Store):
             return conn.execute(sql, params or {}).rowcount
 
     def _write_returning(self, sql: str, params: dict[str, Any] | None = None) -> list[Row]:
-        return self._read(sql, params)
+        return self._fetch(sql, params)
 
     def _write_many(self, sql: str, rows: Sequence[dict[str, Any]]) -> None:
         with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
@@ -175,12 +230,44 @@ class PostgresStore(Store):
         for name, params in outcomes:
             if name == "FINISH_RUN":
                 ok = params["run_id"] in done
+                if ok:
+                    self._after_outcome(tx, name, params)
             else:
-                ok = tx.write(self.sql(name), params) > 0
-            if ok:
-                self._after_outcome(tx, name, params)
+                ok = self._write_outcome(tx, name, params)
             written.append(ok)
         return written
+
+    def heartbeat(
+        self,
+        worker_id: str,
+        lease_ms: int,
+        held: Collection[str],
+        executing: Collection[str] = (),
+    ) -> Heartbeat:
+        """One statement, outside any transaction: a worker frozen in the middle of its
+        heartbeat holds no lock (see :data:`~legato.store.queries.HEARTBEAT_PG`)."""
+        lists = {
+            "held": self.dialect.id_list("held"),
+            "executing": self.dialect.id_list("executing"),
+        }
+        rows = self._write_returning(
+            self.sql("HEARTBEAT_PG", **lists),
+            {
+                "worker_id": worker_id,
+                "lease_ms": lease_ms,
+                "running": len(held),
+                "held": list(held),
+                "executing": list(executing),
+            },
+        )
+        orphans = [r for r in rows if r["kind"] == "orphan"]
+        cancelled = [r["id"] for r in orphans if r["status"] == "cancelled"]
+        if cancelled:
+            with self._transaction() as tx:
+                self._close_cancelled_steps(tx, cancelled)
+        return Heartbeat(
+            owned={r["id"]: r for r in rows if r["kind"] == "held"}, handed_back=orphans
+        )
 
     def _advance_schedules(self, tx: Tx, advances: Sequence[dict[str, Any]]) -> None:
         if advances:
@@ -202,15 +289,26 @@ class PostgresStore(Store):
         migrate.upgrade(self.url)
 
     def listen(self, timeout: float) -> Iterator[str]:
-        """Wait for a notification on this schema's channel, at most ``timeout`` seconds."""
-        if self._listen_conn is None or self._listen_conn.closed:
-            self._listen_conn = psycopg.connect(self.url.conninfo or "", autocommit=True)
-            self._listen_conn.execute(f'LISTEN "{self.channel}"')
+        """Wait for a notification on this schema's channel, at most ``timeout`` seconds.
+
+        A lost listening connection is opened again on the next call; meanwhile the caller's
+        polling covers the gap.
+        """
         try:
+            if self._listen_conn is None or self._listen_conn.closed:
+                self._listen_conn = None
+                conn = psycopg.connect(
+                    self.url.conninfo or "", autocommit=True, **self._connect_kwargs
+                )
+                conn.execute(f'LISTEN "{self.channel}"')
+                self._listen_conn = conn
             for notify in self._listen_conn.notifies(timeout=timeout, stop_after=1):
                 yield notify.payload
-        except psycopg.OperationalError:
-            self._listen_conn = None  # reconnect on the next call; polling covers the gap
+        except TRANSIENT_ERRORS as exc:
+            if self._listen_conn is not None:
+                self._listen_conn.close()
+            self._listen_conn = None
+            raise self.unavailable(exc) from exc
 
     def close(self) -> None:
         if self._listen_conn is not None:

@@ -18,8 +18,11 @@ Writes made by a worker for a run are *fenced*: they only apply while the run is
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 RUN_COLUMNS = (
     "id, flow, status, params, result, error, traceback, failed_step, attempts, max_attempts, "
@@ -37,6 +40,12 @@ NOT_FINISHED = "('queued', 'scheduled', 'retrying', 'sleeping', 'running')"
 FENCE = (
     "EXISTS (SELECT 1 FROM runs WHERE id = :run_id AND lease_token = :token AND status = 'running')"
 )
+
+# A run leaving ``running`` for a waiting status ends ``cancelled`` instead when a cancel was
+# requested: a cancel request wins over a retry, a sleep, a hand-back and a recovery.
+_OR_CANCELLED = "CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE {otherwise} END"
+_CANCELLED_AT = "CASE WHEN cancel_requested = 1 THEN {now} ELSE finished_at END"
+_CANCELLED_ERROR = "CASE WHEN cancel_requested = 1 THEN 'cancelled on request' ELSE {otherwise} END"
 
 RUN_INSERT_COLUMNS = (
     "INSERT INTO runs (id, flow, status, params, max_attempts, queue, priority, trigger, "
@@ -96,14 +105,19 @@ WHERE queue = {{queue}} AND status IN {CLAIMABLE} AND scheduled_for <= {{now}}
                   AND (paused = 1 OR strict = 1 OR concurrency IS NOT NULL))
 ORDER BY {CLAIM_KEY}, {{seq}} LIMIT :limit"""
 
+# ``executing`` is the evidence poison detection needs (see FAIL_POISONED): 1 while the run's
+# code runs in its worker's process. A claim sets it for the runs the worker starts at once
+# (:executing); a suspect (a run that was executing when a worker died) is marked only when
+# it really starts, alone (MARK_EXECUTING). A cancel request is never reset by a claim.
 _CLAIM_SET = """
 UPDATE runs SET status = 'running', worker_id = :worker_id, lease_token = lease_token + 1,
        lease_expires_at = {now} + :lease_ms, attempts = attempts + 1 - resume, resume = 0,
-       started_at = COALESCE(started_at, {now}), cancel_requested = 0"""
+       started_at = COALESCE(started_at, {now}),
+       executing = CASE WHEN crashes > 0 THEN 0 ELSE :executing END"""
 _CLAIM_RETURNING = """
 RETURNING id, flow, params, attempts, max_attempts, lease_token, queue, parent_id,
           CASE WHEN attempts > 1 OR started_at < {now} THEN 1 ELSE 0 END AS has_history,
-          claim_at, {seq} AS seq
+          claim_at, {seq} AS seq, crashes, recoveries
 """
 CLAIM = _CLAIM_SET + "\nWHERE id IN ({claim_pick})" + _CLAIM_RETURNING
 # The gated claim takes the ids it admitted ({claim_pick}: a list of parameters); a run
@@ -112,44 +126,83 @@ CLAIM_GATED = (
     _CLAIM_SET + f"\nWHERE id IN ({{claim_pick}}) AND status IN {CLAIMABLE}" + _CLAIM_RETURNING
 )
 
-# A run whose lease expired after max_recoveries recoveries is poison: it fails instead.
+# Poison needs evidence: ``crashes`` counts the lease expiries that found the run executing
+# (its code running in the worker's process, not merely claimed). A run whose worker died under
+# it more than max_recoveries times fails instead of being recovered again. A cancel request
+# wins: such a run is cancelled by REQUEUE_EXPIRED instead.
 FAIL_POISONED = """
 UPDATE runs SET status = 'failed', finished_at = {now}, lease_expires_at = NULL,
        lease_token = lease_token + 1,
-       error = 'PoisonRun: its worker stopped heartbeating (lease expired) '
-               || CAST(recoveries + 1 AS TEXT) || ' times; it was recovered '
+       error = 'PoisonRun: its worker died while it was executing it (lease expired) '
+               || CAST(crashes + 1 AS TEXT) || ' times; it was recovered '
                || CAST(recoveries AS TEXT)
                || ' times (max_recoveries) and is not recovered again',
        traceback = NULL
 WHERE id IN (SELECT id FROM runs WHERE status = 'running' AND lease_expires_at < {now}
-             AND recoveries >= COALESCE((SELECT max_recoveries FROM flows
-                                         WHERE flows.name = runs.flow), :max_recoveries)
+             AND executing = 1 AND cancel_requested = 0
+             AND crashes >= COALESCE((SELECT max_recoveries FROM flows
+                                      WHERE flows.name = runs.flow), :max_recoveries)
              LIMIT 500 {skip_locked})
 RETURNING id, error
 """
 
-REQUEUE_EXPIRED = """
-UPDATE runs SET status = 'queued', worker_id = NULL, resume = 1, recoveries = recoveries + 1,
-       lease_expires_at = NULL, lease_token = lease_token + 1
-WHERE id IN (SELECT id FROM runs WHERE status = 'running' AND lease_expires_at < {now}
-             LIMIT 500 {skip_locked})
+REQUEUE_EXPIRED = f"""
+UPDATE runs SET status = {_OR_CANCELLED.format(otherwise="'queued'")},
+       finished_at = {_CANCELLED_AT}, error = {_CANCELLED_ERROR.format(otherwise="error")},
+       worker_id = NULL, resume = 1, recoveries = recoveries + 1, crashes = crashes + executing,
+       executing = 0, lease_expires_at = NULL, lease_token = lease_token + 1
+WHERE id IN (SELECT id FROM runs WHERE status = 'running' AND lease_expires_at < {{now}}
+             LIMIT 500 {{skip_locked}})
+RETURNING id, status
 """
 
+# The heartbeat extends the leases of the runs the worker holds ({held}: a list of ids), and
+# records which of them are executing ({executing}); it hands back runs the database says the
+# worker owns but the worker does not hold (a claim whose answer was lost in a fault).
 HEARTBEAT_RUNS = """
-UPDATE runs SET lease_expires_at = {now} + :lease_ms
-WHERE worker_id = :worker_id AND status = 'running'
+UPDATE runs SET lease_expires_at = {now} + :lease_ms,
+       executing = CASE WHEN id IN {executing} THEN 1 ELSE 0 END
+WHERE worker_id = :worker_id AND status = 'running' AND id IN {held}
 RETURNING id, lease_token, cancel_requested
 """
+HAND_BACK_ORPHANS = f"""
+UPDATE runs SET status = {_OR_CANCELLED.format(otherwise="'queued'")},
+       finished_at = {_CANCELLED_AT}, error = {_CANCELLED_ERROR.format(otherwise="error")},
+       worker_id = NULL, resume = 1, executing = 0, lease_expires_at = NULL,
+       lease_token = lease_token + 1
+WHERE worker_id = :worker_id AND status = 'running' AND id NOT IN {{held}}
+RETURNING id, status
+"""
+# PostgreSQL: the whole heartbeat in one statement, so that no transaction stays open between
+# its statements (a worker frozen there would hold the rows' locks).
+HEARTBEAT_PG = f"""
+WITH w AS (UPDATE workers SET last_heartbeat = {{now}}, running = :running WHERE id = :worker_id),
+o AS ({HAND_BACK_ORPHANS}),
+h AS ({HEARTBEAT_RUNS})
+SELECT 'held' AS kind, id, lease_token, cancel_requested, 'running' AS status FROM h
+UNION ALL
+SELECT 'orphan', id, NULL, NULL, status FROM o
+"""
 
+MARK_EXECUTING = """
+UPDATE runs SET executing = :executing
+WHERE id = :run_id AND lease_token = :token AND status = 'running'
+"""
+
+# A last attempt that failed after a cancel request ends the run ``cancelled``.
 FINISH_RUN = """
-UPDATE runs SET status = :status, result = :result, error = :error, traceback = :traceback,
+UPDATE runs SET status = CASE WHEN :status = 'failed' AND cancel_requested = 1 THEN 'cancelled'
+                              ELSE :status END,
+       result = :result, error = :error, traceback = :traceback,
        failed_step = :failed_step, finished_at = {now}, lease_expires_at = NULL
 WHERE id = :run_id AND lease_token = :token AND status = 'running'
 """
 
 # PostgreSQL: many FINISH_RUN outcomes in one statement; RETURNING tells which were written.
 FINISH_RUNS_UNNEST = """
-UPDATE runs SET status = v.status, result = v.result, error = v.error, traceback = v.traceback,
+UPDATE runs SET status = CASE WHEN v.status = 'failed' AND runs.cancel_requested = 1
+                              THEN 'cancelled' ELSE v.status END,
+       result = v.result, error = v.error, traceback = v.traceback,
        failed_step = v.failed_step, finished_at = {now}, lease_expires_at = NULL
 FROM unnest(CAST(:run_id AS text[]), CAST(:token AS bigint[]), CAST(:status AS text[]),
             CAST(:result AS text[]), CAST(:error AS text[]), CAST(:traceback AS text[]),
@@ -159,40 +212,55 @@ WHERE runs.id = v.run_id AND runs.lease_token = v.token AND runs.status = 'runni
 RETURNING runs.id
 """
 
-RETRY_LATER = """
-UPDATE runs SET status = CASE WHEN :delay_ms > 0 THEN 'retrying' ELSE 'queued' END,
-       scheduled_for = {now} + :delay_ms,
-       claim_at = {now} + :delay_ms - CAST(priority AS BIGINT) * 60000, error = :error, traceback = :traceback,
-       failed_step = :failed_step, worker_id = NULL, lease_expires_at = NULL
+RETRY_LATER = f"""
+UPDATE runs SET status = {_OR_CANCELLED.format(otherwise="CASE WHEN :delay_ms > 0 THEN 'retrying' ELSE 'queued' END")},
+       finished_at = {_CANCELLED_AT},
+       scheduled_for = {{now}} + :delay_ms,
+       claim_at = {{now}} + :delay_ms - CAST(priority AS BIGINT) * 60000,
+       error = CASE WHEN cancel_requested = 1 THEN 'cancelled on request (its last attempt failed: '
+                    || :error || ')' ELSE :error END,
+       traceback = :traceback, failed_step = :failed_step, worker_id = NULL,
+       lease_expires_at = NULL
 WHERE id = :run_id AND lease_token = :token AND status = 'running'
+RETURNING status
 """
 
-HAND_BACK = """
-UPDATE runs SET status = 'queued', worker_id = NULL, resume = 1, lease_expires_at = NULL,
-       lease_token = lease_token + 1
+HAND_BACK = f"""
+UPDATE runs SET status = {_OR_CANCELLED.format(otherwise="'queued'")},
+       finished_at = {_CANCELLED_AT}, error = {_CANCELLED_ERROR.format(otherwise="error")},
+       worker_id = NULL, resume = 1, lease_expires_at = NULL, lease_token = lease_token + 1
 WHERE id = :run_id AND lease_token = :token AND status = 'running'
+RETURNING status
 """
 
-SUSPEND = """
-UPDATE runs SET status = 'sleeping', scheduled_for = :wake_ms,
+SUSPEND = f"""
+UPDATE runs SET status = {_OR_CANCELLED.format(otherwise="'sleeping'")},
+       finished_at = {_CANCELLED_AT}, error = {_CANCELLED_ERROR.format(otherwise="error")},
+       scheduled_for = :wake_ms,
        claim_at = :wake_ms - CAST(priority AS BIGINT) * 60000, worker_id = NULL, resume = 1,
        lease_expires_at = NULL
 WHERE id = :run_id AND lease_token = :token AND status = 'running'
+RETURNING status
 """
 
-HAND_BACK_ALL = """
-UPDATE runs SET status = 'queued', worker_id = NULL, resume = 1, lease_expires_at = NULL,
-       lease_token = lease_token + 1
+HAND_BACK_ALL = f"""
+UPDATE runs SET status = {_OR_CANCELLED.format(otherwise="'queued'")},
+       finished_at = {_CANCELLED_AT}, error = {_CANCELLED_ERROR.format(otherwise="error")},
+       worker_id = NULL, resume = 1, lease_expires_at = NULL, lease_token = lease_token + 1
 WHERE worker_id = :worker_id AND status = 'running'
+RETURNING id, status
 """
 
-CANCEL_WAITING = f"""
-UPDATE runs SET status = 'cancelled', finished_at = {{now}}, error = 'cancelled'
-WHERE id = :id AND status IN {CLAIMABLE}
-"""
-
-REQUEST_CANCEL = """
-UPDATE runs SET cancel_requested = 1 WHERE id = :id AND status = 'running'
+# A cancel in one statement: a waiting run ends ``cancelled`` at once (a sleeping parent
+# too); a running one keeps the request until its worker honours it, whatever happens to the
+# attempt meanwhile (retry, sleep, hand-back, recovery all end it ``cancelled``).
+CANCEL_RUN = f"""
+UPDATE runs SET cancel_requested = 1,
+       status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END,
+       finished_at = CASE WHEN status = 'running' THEN finished_at ELSE {{now}} END,
+       error = CASE WHEN status = 'running' THEN error ELSE 'cancelled' END
+WHERE id = :id AND status IN {NOT_FINISHED}
+RETURNING status
 """
 
 STEP_START = f"""
@@ -420,6 +488,16 @@ class Dialect:
     pyformat: bool  # psycopg wants %(name)s; sqlite3 takes :name
     seq: str = "seq"  # the submission order column ("rowid" on SQLite)
     arrays: bool = False  # lists as one array parameter (one statement text, prepared once)
+
+    def id_list(self, name: str) -> str:
+        """A subquery over the ids of the list parameter ``name`` (see :meth:`ids`)."""
+        if self.arrays:
+            return f"(SELECT unnest(CAST(:{name} AS text[])))"
+        return f"(SELECT value FROM json_each(:{name}))"
+
+    def ids(self, values: Iterable[str]) -> Any:
+        """The value of a list parameter: an array on PostgreSQL, JSON text on SQLite."""
+        return list(values) if self.arrays else json.dumps(list(values))
 
 
 def render(sql: str, dialect: Dialect, **fragments: str) -> str:

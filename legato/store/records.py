@@ -72,6 +72,11 @@ class ClaimedRun:
     queue: str
     parent_id: str | None
     has_history: bool
+    #: A worker died while this run was executing (``crashes`` > 0): it runs alone next, so
+    #: that a crash during it is blamed on it exactly (see ``docs/reliability.md``).
+    suspect: bool = False
+    #: The run was taken back from a worker before (``recoveries`` > 0).
+    recovered: bool = False
 
 
 @dataclass(frozen=True)

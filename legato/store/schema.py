@@ -44,7 +44,7 @@ flows = Table(
     Column("event_filter", Text),  # JSON object: payload keys and the values they must have
     Column("updated_at", BigInteger, nullable=False),
     Column("flow_control", Text),  # JSON: the flow's limits, keys and isolation as declared
-    Column("max_recoveries", Integer),  # lease expiries allowed before a run is poison
+    Column("max_recoveries", Integer),  # worker deaths under a run before it is poison
 )
 
 schedules = Table(
@@ -101,6 +101,10 @@ runs = Table(
     Column("claim_at", BigInteger, nullable=False, server_default="0"),
     # 1 when limit_keys is set: the run takes the gated claim (legato.store.gate).
     Column("gated", SmallInteger, nullable=False, server_default="0"),
+    # Poison evidence: 1 while the run's code runs in its worker's process; lease expiries
+    # that found it so (``crashes``).
+    Column("executing", SmallInteger, nullable=False, server_default="0"),
+    Column("crashes", Integer, nullable=False, server_default="0"),
     # Claim order within a queue and lane (gated or not): the effective priority (one
     # priority point per minute of waiting), then submission order.
     Index(

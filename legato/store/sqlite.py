@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from ..config import Settings
 from ..errors import DatabaseUnavailable
 from . import migrate
 from . import queries as q
@@ -29,6 +30,11 @@ DIALECT = Dialect(
     pyformat=False,
     seq="rowid",
 )
+
+
+#: Messages of ``sqlite3.OperationalError`` that are faults of the moment (a lock held too long
+#: by another process, the disk), not of the statement.
+_TRANSIENT_MESSAGES = ("locked", "busy", "disk i/o", "unable to open", "disk is full")
 
 
 def _dict_factory(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
@@ -55,8 +61,10 @@ class SQLiteStore(Store):
     name = "sqlite"
     dialect = DIALECT
 
-    def __init__(self, url: DatabaseURL, *, busy_timeout_ms: int = 30_000) -> None:
-        super().__init__()
+    def __init__(
+        self, url: DatabaseURL, *, busy_timeout_ms: int = 30_000, settings: Settings | None = None
+    ) -> None:
+        super().__init__(settings)
         assert url.path is not None
         self.url = url
         self.path = url.path
@@ -82,7 +90,7 @@ class SQLiteStore(Store):
                 conn.execute("PRAGMA foreign_keys = ON")
             except sqlite3.Error as exc:
                 raise DatabaseUnavailable(
-                    f"cannot open SQLite database {self.path}: {exc}"
+                    f"cannot open SQLite database {self.path}: {exc}", url=self.url.raw
                 ) from None
             conn.row_factory = _dict_factory
             self._local.conn = conn
@@ -90,8 +98,20 @@ class SQLiteStore(Store):
                 self._connections.append(conn)
         return conn
 
+    def is_transient(self, exc: BaseException) -> bool:
+        if isinstance(exc, DatabaseUnavailable):
+            return True
+        return isinstance(exc, sqlite3.OperationalError) and any(
+            m in str(exc).lower() for m in _TRANSIENT_MESSAGES
+        )
+
     def _read(self, sql: str, params: dict[str, Any] | None = None) -> list[Row]:
-        return self._conn().execute(sql, params or {}).fetchall()
+        try:
+            return self._conn().execute(sql, params or {}).fetchall()
+        except sqlite3.OperationalError as exc:
+            if self.is_transient(exc):
+                raise self.unavailable(exc) from exc
+            raise
 
     def _write(self, sql: str, params: dict[str, Any] | None = None) -> int:
         with self._transaction() as tx:
@@ -108,14 +128,23 @@ class SQLiteStore(Store):
     @contextmanager
     def _transaction(self) -> Iterator[_SQLiteTx]:
         conn = self._conn()
-        with self._write_lock:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield _SQLiteTx(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        try:
+            with self._write_lock:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield _SQLiteTx(conn)
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if self.is_transient(exc):
+                raise self.unavailable(exc) from exc
+            raise
 
     def _claim_sql(self, queue_count: int) -> str:
         """One ordered, limited pick per queue (each reads the claim index in order), merged."""

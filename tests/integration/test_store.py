@@ -157,7 +157,8 @@ def test_expired_leases_are_requeued_and_resume_the_same_attempt(store: Store) -
     row = store.get_run(run_id)
     assert row is not None and row["recoveries"] == 1 and row["worker_id"] == "w2"
     assert not store.finish_run(run_id, first.token, "succeeded", result="0")
-    assert store.heartbeat("w1", 0, LEASE) == []
+    beat = store.heartbeat("w1", LEASE, held=[run_id])
+    assert beat.owned == {} and beat.handed_back == []
 
 
 def test_heartbeat_extends_leases_and_reports_cancel_requests(store: Store) -> None:
@@ -165,7 +166,7 @@ def test_heartbeat_extends_leases_and_reports_cancel_requests(store: Store) -> N
     a, b = make(store), make(store)
     claims = {c.id: c for c in store.claim("w1", ["default"], 2, 1)}
     assert store.cancel_run(b) == "running"
-    rows = {r["id"]: r for r in store.heartbeat("w1", 2, LEASE)}
+    rows = store.heartbeat("w1", LEASE, held=[a, b]).owned
     assert set(rows) == {a, b}
     assert rows[b]["cancel_requested"] == 1 and rows[a]["cancel_requested"] == 0
     assert rows[a]["lease_token"] == claims[a].token
