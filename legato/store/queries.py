@@ -28,7 +28,7 @@ RUN_COLUMNS = (
     "id, flow, status, params, result, error, traceback, failed_step, attempts, max_attempts, "
     "queue, priority, trigger, worker_id, parent_id, retry_of, idempotency_key, created_at, "
     "scheduled_for, started_at, finished_at, lease_token, lease_expires_at, cancel_requested, "
-    "recoveries, schedule_id, limit_keys"
+    "recoveries, crashes, schedule_id, limit_keys"
 )
 CLAIMABLE = "('queued', 'scheduled', 'retrying', 'sleeping')"
 # The claim order (the runs_claim index, after queue and gated): ``claim_at``, the due time minus

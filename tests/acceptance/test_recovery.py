@@ -133,6 +133,8 @@ def test_worker_paused_past_its_lease_loses_the_run_and_its_writes_are_fenced(
     assert len(terminal) == 1, run["events"]
     assert terminal[0]["status"] == "succeeded" and f":{b.pid}:" in terminal[0]["worker"]
     assert run["events"][-1] == terminal[0]
+    # An operator reading A's log sees which run was taken from it, and why.
+    assert f"gave up run {run_id}: its lease is lost" in a.output()
 
 
 def test_sigterm_drains_running_runs_within_the_grace_period(

@@ -38,7 +38,7 @@ from tests.chaos.checks import (
 )
 from tests.chaos.conftest import Workers, scaled
 from tests.chaos.postgres_server import PrivateServer
-from tests.helpers import ROOT, cli_env, wait_for
+from tests.helpers import ROOT, cli_env, in_process_worker, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.chaos]
 
@@ -208,3 +208,39 @@ def test_a_session_frozen_in_a_transaction_does_not_block_recovery(
 def _stopped(pid: int) -> bool:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().split(") ", 1)[1].startswith("T")
+
+
+@pytest.mark.timeout(120)
+def test_an_outage_loses_no_log_line_and_costs_no_attempt(
+    private_pg: PrivateServer, private_pg_url: str
+) -> None:
+    """The server is down for a while in the middle of a run: its checkpoints, log lines and
+    outcome wait for it; the run ends ``succeeded`` in its first attempt with every line."""
+    app = App(private_pg_url)
+
+    @app.step
+    def say(i: int) -> int:
+        print(f"line {i}")
+        time.sleep(0.05)
+        return i
+
+    @app.flow
+    def talkative(lines: int) -> int:
+        return sum(say(i) for i in range(lines))
+
+    with in_process_worker(app, concurrency=2):
+        handle = talkative.submit(40)
+        wait_for(lambda: len(app.store.get_logs(handle.id)) >= 5, timeout=30)
+        private_pg.stop("fast")
+        time.sleep(1.5)  # the run goes on printing and reaching its checkpoints meanwhile
+        private_pg.start()
+        assert through_faults(lambda: handle.wait(timeout=60)) == "succeeded"
+    run = handle.info()
+    logs = [line["message"] for line in app.store.get_logs(handle.id)]
+    messages = [m for m in logs if m.startswith("line ")]
+    assert sorted(set(messages)) == sorted(f"line {i}" for i in range(40))
+    # The worker's own warnings about the run, logged from its thread, are in its log too.
+    assert any("retrying until the database is back" in m for m in logs), logs
+    assert run["attempts"] == 1 and run["recoveries"] == 0, run
+    report("a 1.5 s outage in the middle of a run", {"log_lines": len(messages), "attempts": 1})
+    app.close()
