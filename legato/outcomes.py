@@ -105,7 +105,11 @@ class OutcomeWriter(Generic[T]):
         failures = 0
         while True:
             try:
-                written = self.store.write_outcomes(outcomes, wake=wake)
+                written = (
+                    self.store.write_outcomes(outcomes, wake=True)
+                    if wake
+                    else self.store.write_outcomes(outcomes)
+                )
             except Exception as exc:
                 if not self.store.is_transient(exc):
                     log.error("could not write %d outcome(s): %s", len(outcomes), exc)

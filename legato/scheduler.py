@@ -133,13 +133,22 @@ class Scheduler:
         return min(self.interval, max(0.005, (next_due - self.clock()) / 1000))
 
     def run(self) -> None:
+        """Tick until stopped. A database fault is logged once, then ticks go on at the usual
+        interval until one works again (fires missed meanwhile follow the catch-up policy)."""
+        failures = 0
         while not self._stop.is_set():
             wait = self.interval
             try:
                 self.tick()
                 wait = self.sleep_seconds()
             except Exception as exc:
-                log.error("scheduler tick failed: %s", exc)
+                if failures == 0:
+                    log.error("scheduler tick failed, retrying until the database is back: %s", exc)
+                failures += 1
+            else:
+                if failures:
+                    log.info("scheduler works again after %d failed tick(s)", failures)
+                failures = 0
             self._stop.wait(wait)
 
     def stop(self) -> None:

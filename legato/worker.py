@@ -77,7 +77,14 @@ RATE_PRUNE_SECONDS = 60.0
 class Execution:
     """One attempt of one run inside this worker."""
 
-    def __init__(self, claimed: ClaimedRun, ctx: RunContext, flow: Flow[Any, Any] | None) -> None:
+    def __init__(
+        self,
+        claimed: ClaimedRun,
+        ctx: RunContext,
+        flow: Flow[Any, Any] | None,
+        *,
+        claimed_executing: bool = False,
+    ) -> None:
         self.claimed = claimed
         self.ctx = ctx
         self.flow = flow
@@ -85,8 +92,13 @@ class Execution:
         self.thread_id: int | None = None
         self.task: asyncio.Task[Any] | None = None
         self.alarms: list[_Alarm] = []
-        #: The run's code is running in this process now (the poison evidence).
+        #: The run's code is running in this process now (admitted, not yet ended).
         self.executing = False
+        #: The claim recorded it as executing (it was to start at once).
+        self.claimed_executing = claimed_executing and not claimed.suspect
+        #: What the heartbeat reports (the poison evidence): executing, or about to, having
+        #: been claimed as such; never an isolated run (its crashes cannot kill the worker).
+        self.marked = self.claimed_executing and not self.isolated
         self._done = False
         self._lock = threading.Lock()
 
@@ -293,9 +305,9 @@ class Worker:
         """
         with self._claim_lock:
             immediate = max(0, self.concurrency - len(self._active))
-            gated = self._claim_gated(immediate)
+            gated, gated_executing = self._claim_gated(immediate)
             for run in gated:
-                self._start(run)
+                self._start(run, gated_executing)
             count = len(gated)
             want -= count
             immediate = max(0, immediate - count)
@@ -306,7 +318,7 @@ class Worker:
                     self.id, self.queues, limit, self.lease_ms, executing=executing
                 )
                 for run in claimed:
-                    self._start(run)
+                    self._start(run, executing)
                 count += len(claimed)
                 if len(claimed) < limit:
                     break
@@ -326,7 +338,7 @@ class Worker:
         }
         self._limited_queues = limited & set(self.queues)
 
-    def _claim_gated(self, immediate: int) -> list[ClaimedRun]:
+    def _claim_gated(self, immediate: int) -> tuple[list[ClaimedRun], bool]:
         """Claim runs with limits, or from limited queues, when this worker may have any.
 
         Runs are claimed for free slots, plus the prefetch while this worker's runs are short.
@@ -334,25 +346,26 @@ class Worker:
         """
         self._refresh_flow_control()
         if not (self._gated_flows or self._limited_queues):
-            return []
+            return [], False
         # Prefetch (claim ahead of a free thread) only while runs here are short: a claimed
         # run holds its limit's slot, and must not wait long for a thread meanwhile.
         ahead = self.prefetch if self._run_seconds < GATED_PREFETCH_MAX_SECONDS else 0
         free = self.concurrency + ahead - len(self._active)
         now = time.monotonic()
         if free <= 0 or (now < self._gated_idle_until and not self._gated_freed.is_set()):
-            return []
+            return [], False
         self._gated_freed.clear()
         limit = min(free, self.settings.claim_batch)
+        executing = limit <= immediate
         runs = self.store.claim_gated(
-            self.id, self.queues, limit, self.lease_ms, executing=limit <= immediate
+            self.id, self.queues, limit, self.lease_ms, executing=executing
         )
         self._gated_idle_until = now + (0 if runs else GATED_IDLE_SECONDS)
         for run in runs:
             self._gated_ids.add(run.id)
-        return runs
+        return runs, executing
 
-    def _start(self, run: ClaimedRun) -> None:
+    def _start(self, run: ClaimedRun, claimed_executing: bool = False) -> None:
         flow = self.app.flows.get(run.flow)
         ctx = RunContext(
             self.store,
@@ -360,7 +373,7 @@ class Worker:
             interrupter=self.interrupter,
             max_payload_bytes=self.settings.max_payload_bytes,
         )
-        exe = Execution(run, ctx, flow)
+        exe = Execution(run, ctx, flow, claimed_executing=claimed_executing)
         with self._active_lock:
             self._active[run.id] = exe
         if run.suspect and not exe.isolated:
@@ -389,6 +402,8 @@ class Worker:
     def _dispatch_suspect(self) -> None:
         """Start the next suspect when nothing else executes here (it then runs alone)."""
         with self._admission:
+            while self._suspects and self._suspects[0].done:  # given up while it waited
+                self._suspects.popleft()
             if self._solo is not None or self._executing or not self._suspects:
                 return
             exe = self._suspects.popleft()
@@ -408,6 +423,7 @@ class Worker:
                 return False
             self._executing += 1
             exe.executing = True
+            exe.marked = not exe.isolated
             return True
 
     def _admit(self, exe: Execution) -> bool:
@@ -428,6 +444,7 @@ class Worker:
 
     def _finished_executing(self, exe: Execution) -> None:
         with self._admission:
+            exe.marked = False
             if exe.executing:
                 exe.executing = False
                 self._executing -= 1
@@ -437,20 +454,24 @@ class Worker:
         self._dispatch_suspect()
 
     def _mark_start(self, exe: Execution) -> None:
-        """Record the start of the run's code when the claim could not (it was claimed ahead
-        of a free slot and was recovered before, or it is a suspect); isolated runs are never
-        marked (a crash of their child process cannot take the worker down)."""
+        """Record the start of the run's code when the claim did not and the next heartbeat
+        would be too late for the evidence: a suspect, or a recovered run claimed ahead of a
+        free slot. An isolated run the claim marked is unmarked (a crash of its child process
+        cannot take the worker down)."""
+        run = exe.claimed
+        if self._needs_mark(exe):
+            executing = not exe.isolated
+            exe.ctx.durably(
+                "recording the run's start",
+                lambda: self.store.mark_executing(run.id, run.token, executing=executing),
+            )
+
+    @staticmethod
+    def _needs_mark(exe: Execution) -> bool:
         run = exe.claimed
         if exe.isolated:
-            exe.ctx.durably(
-                "recording the run's start",
-                lambda: self.store.mark_executing(run.id, run.token, executing=False),
-            )
-        elif run.suspect or run.recovered:
-            exe.ctx.durably(
-                "recording the run's start",
-                lambda: self.store.mark_executing(run.id, run.token, executing=True),
-            )
+            return exe.claimed_executing
+        return run.suspect or (run.recovered and not exe.claimed_executing)
 
     # -- executing -----------------------------------------------------------------------
 
@@ -466,13 +487,15 @@ class Worker:
 
     def _run_sync(self, exe: Execution) -> None:
         exe.thread_id = threading.get_ident()
-        if exe.done:
+        if exe.done:  # given up before it started
+            self._finished_executing(exe)
             return
         flow = exe.flow
         if flow is not None and exe.isolated:
             self._run_isolated(exe, flow)
             return
         if not self._admit(exe):
+            self._finished_executing(exe)
             return
         try:
             self._execute_sync(exe, flow)
@@ -580,10 +603,12 @@ class Worker:
             self._async_slots = asyncio.Semaphore(self.concurrency)
         async with self._async_slots:  # prefetched runs wait here, not in the event loop
             if exe.done or not await self._admit_async(exe):
+                self._finished_executing(exe)
                 return
             try:
                 try:
-                    await asyncio.to_thread(self._mark_start, exe)
+                    if self._needs_mark(exe):
+                        await asyncio.to_thread(self._mark_start, exe)
                 except (LeaseLost, RunInterrupted) as exc:
                     kind = "lost" if isinstance(exc, LeaseLost) else "handback"
                     self._record(exe, kind, None)
@@ -779,7 +804,7 @@ class Worker:
         with self._claim_lock:
             with self._active_lock:
                 held = list(self._active.values())
-            executing = [e.claimed.id for e in held if e.executing and not e.isolated]
+            executing = [e.claimed.id for e in held if e.marked]
             answer = self.store.heartbeat(
                 self.id, self.lease_ms, [e.claimed.id for e in held], executing
             )

@@ -8,6 +8,7 @@ read the database and the flows' marker files.
 from __future__ import annotations
 
 import random
+import signal
 import threading
 import time
 from collections import Counter
@@ -19,6 +20,7 @@ import pytest
 from legato import App
 from legato.store import TERMINAL, Store, open_store
 from legato.store.records import RunFilter
+from tests.acceptance.support import freeze_between_transactions
 from tests.chaos.checks import (
     assert_ended_once,
     assert_no_infrastructure_failure,
@@ -28,7 +30,7 @@ from tests.chaos.checks import (
     wait_all_finished,
 )
 from tests.chaos.conftest import Workers, scaled
-from tests.helpers import wait_for
+from tests.helpers import WorkerProcess, wait_for
 
 pytestmark = pytest.mark.chaos
 
@@ -74,10 +76,16 @@ def test_cancels_are_honoured_during_a_storm_of_worker_kills(
     submitter = threading.Thread(target=submit_all, daemon=True)
     submitter.start()
     rng = random.Random(11)
+    # Besides the kills: one worker frozen (SIGSTOP) past its lease, then woken up — its late
+    # writes must be refused — and one stopped with SIGTERM, which drains and exits 0.
+    faults = ["kill"] * kills + ["freeze", "term"]
+    rng.shuffle(faults)
     cancelled: set[str] = set()
     killed = 0
+    frozen: list[WorkerProcess] = []
+    drained: list[WorkerProcess] = []
     deadline = time.monotonic() + 120
-    while (len(cancelled) < cancels or killed < kills) and time.monotonic() < deadline:
+    while (len(cancelled) < cancels or faults) and time.monotonic() < deadline:
         running = [
             r["id"]
             for r in store.list_runs(RunFilter(status="running", limit=200))
@@ -87,14 +95,23 @@ def test_cancels_are_honoured_during_a_storm_of_worker_kills(
             if len(cancelled) < cancels and run_id not in cancelled:
                 assert store.cancel_run(run_id) in ("running", "cancelled")
                 cancelled.add(run_id)
-        if killed < kills and rng.random() < 0.5:
-            victim = rng.choice(group.alive)
-            victim.kill()
-            killed += 1
+        if faults and rng.random() < 0.5:
+            fault = faults.pop()
+            victim = rng.choice([w for w in group.alive if w not in frozen + drained])
+            if fault == "kill":
+                victim.kill()
+                killed += 1
+            elif fault == "freeze":
+                freeze_between_transactions(victim, db_url)
+                frozen.append(victim)
+                threading.Timer(3.0, victim.signal, args=(signal.SIGCONT,)).start()
+            else:
+                victim.signal(signal.SIGTERM)
+                drained.append(victim)
             group.start(concurrency=4)
         time.sleep(0.15)
     submitter.join(timeout=60)
-    assert len(cancelled) == cancels and killed == kills, (len(cancelled), killed)
+    assert len(cancelled) == cancels and not faults, (len(cancelled), faults)
 
     wait_all_finished(store, submitted, timeout=120)
     rows = outcomes(store, submitted)
@@ -110,12 +127,16 @@ def test_cancels_are_honoured_during_a_storm_of_worker_kills(
     assert_no_infrastructure_failure(rows)
     assert steps_rerun(store, directory, submitted) == []
     assert store.list_runs(RunFilter(status="running", limit=10)) == []
+    assert [w.proc.wait(timeout=30) for w in drained] == [0]  # SIGTERM: drained, exit 0
+    assert [w.proc.poll() for w in frozen] == [None]  # woke up and went on serving
     report(
         f"cancels during a kill storm ({store.name})",
         {
             "runs": len(submitted),
             "workers": len(pool),
             "kills": killed,
+            "frozen_past_lease": len(frozen),
+            "sigterm_drains": len(drained),
             "cancels": len(cancelled),
             "cancelled": sum(1 for r in cancelled if rows[r]["status"] == "cancelled"),
             "succeeded": others["succeeded"],
