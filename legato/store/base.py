@@ -322,8 +322,9 @@ class Store(ABC):
     def requeue_expired(self, max_recoveries: int = DEFAULT_MAX_RECOVERIES) -> int:
         """Put runs whose lease expired back in their queue, to resume elsewhere.
 
-        A run already recovered ``max_recoveries`` times (the flow's own setting first) is
-        poison: it ends ``failed`` instead. Returns how many runs were requeued.
+        A run whose worker died under it more than ``max_recoveries`` times while it was
+        executing (the flow's own setting first) is poison: it ends ``failed`` instead.
+        Returns how many runs were requeued.
         """
         return len(self.recover_expired(max_recoveries).requeued)
 
