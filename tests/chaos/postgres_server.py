@@ -82,11 +82,13 @@ class PrivateServer:
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop", check=False)
 
-    def restart(self, mode: str = "fast") -> float:
+    def restart(self, mode: str = "fast", down: float = 0.0) -> float:
         """Restart the server (``fast``: sessions are terminated; ``immediate``: the server
-        dies and recovers from its WAL); returns how long it was down, in seconds."""
+        dies and recovers from its WAL), staying down ``down`` seconds more; returns how long
+        it was down, in seconds."""
         began = time.monotonic()
         self.stop(mode)
+        time.sleep(down)
         self.start()
         self.restarts += 1
         return time.monotonic() - began

@@ -44,9 +44,10 @@ pytestmark = [pytest.mark.postgres, pytest.mark.chaos]
 
 
 def fault_plan(terminations: int) -> list[str]:
-    """Three restarts (fast, immediate, fast) with the termination rounds spread between."""
+    """Three restarts (fast, immediate, and fast with the server down for longer than the
+    lease) with the termination rounds spread between."""
     plan: list[str] = []
-    for i, restart in enumerate(("fast", "immediate", "fast")):
+    for i, restart in enumerate(("fast", "immediate", "long")):
         plan.append(restart)
         plan += ["terminate"] * (terminations // 3 + (1 if i < terminations % 3 else 0))
     return plan
@@ -103,6 +104,8 @@ def test_runs_survive_postgres_restarts_and_terminated_sessions(
         time.sleep(rng.uniform(0.5, 1.2))
         if fault == "terminate":
             terminated += private_pg.terminate_sessions()
+        elif fault == "long":  # past the lease (2 s): every lease expires meanwhile
+            downtime.append(private_pg.restart("fast", down=3.0))
         else:
             downtime.append(private_pg.restart(fault))
     last_fault = time.monotonic()
