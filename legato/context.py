@@ -97,7 +97,7 @@ class RunContext:
         self.cancel_requested = threading.Event()
         self.lost = False
         self.interrupted = False
-        self._fault_wake = threading.Event()
+        self._fault_wake: threading.Event | None = None  # made at the first fault
         self.children = 0
         self._history: dict[int, StepRecord] | None = None if run.has_history else {}
 
@@ -132,12 +132,14 @@ class RunContext:
     def interrupt(self) -> None:
         """The worker gives this attempt up (shutdown): stop at the next write or boundary."""
         self.interrupted = True
-        self._fault_wake.set()
+        if self._fault_wake is not None:
+            self._fault_wake.set()
 
     def mark_lost(self) -> None:
         """The lease belongs to another worker now: nothing more is written for this attempt."""
         self.lost = True
-        self._fault_wake.set()
+        if self._fault_wake is not None:
+            self._fault_wake.set()
 
     def durably(self, what: str, operation: Callable[[], T]) -> T:
         """Run one of this attempt's database operations, riding out database faults.
@@ -157,6 +159,8 @@ class RunContext:
                     raise RunInterrupted(f"run {self.run.id}: its worker is stopping") from None
                 if self.lost:
                     raise LeaseLost(f"run {self.run.id} is owned by another worker now") from None
+                if self._fault_wake is None:
+                    self._fault_wake = threading.Event()
                 if failures == 0:
                     log.warning(
                         "run %s: %s failed, retrying until the database is back: %s",

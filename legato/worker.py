@@ -92,6 +92,8 @@ class Execution:
         self.thread_id: int | None = None
         self.task: asyncio.Task[Any] | None = None
         self.alarms: list[_Alarm] = []
+        #: Runs in a child process: its crashes cannot take the worker down.
+        self.isolated = flow is not None and flow.control.isolation == "process"
         #: The run's code is running in this process now (admitted, not yet ended).
         self.executing = False
         #: The claim recorded it as executing (it was to start at once).
@@ -101,11 +103,6 @@ class Execution:
         self.marked = self.claimed_executing and not self.isolated
         self._done = False
         self._lock = threading.Lock()
-
-    @property
-    def isolated(self) -> bool:
-        """Runs in a child process: its crashes cannot take the worker down."""
-        return self.flow is not None and self.flow.control.isolation == "process"
 
     def take_outcome(self) -> bool:
         """Claim the right to write this attempt's outcome (False if already abandoned)."""
@@ -404,6 +401,7 @@ class Worker:
         with self._admission:
             while self._suspects and self._suspects[0].done:  # given up while it waited
                 self._suspects.popleft()
+                self._admission.notify_all()
             if self._solo is not None or self._executing or not self._suspects:
                 return
             exe = self._suspects.popleft()
@@ -450,8 +448,11 @@ class Worker:
                 self._executing -= 1
             if exe is self._solo:
                 self._solo = None
-            self._admission.notify_all()
-        self._dispatch_suspect()
+            waiting = self._solo is not None or bool(self._suspects)
+            if exe.claimed.suspect or waiting:
+                self._admission.notify_all()
+        if waiting:
+            self._dispatch_suspect()
 
     def _mark_start(self, exe: Execution) -> None:
         """Record the start of the run's code when the claim did not and the next heartbeat
