@@ -451,18 +451,27 @@ class Store(ABC):
             "held": self.dialect.ids(held),
             "executing": self.dialect.ids(executing),
         }
-        lists = {
-            "held": self.dialect.id_list("held"),
-            "executing": self.dialect.id_list("executing"),
-        }
+        orphans, owned = self._beat(params)
+        return Heartbeat(owned={r["id"]: r for r in owned}, handed_back=orphans)
+
+    def _beat(self, params: dict[str, Any]) -> tuple[list[Row], list[Row]]:
+        """The heartbeat's writes: ``(orphans handed back, held runs still owned)``."""
+        lists = self._id_lists("held", "executing")
         with self._transaction() as tx:
             orphans = tx.read(self.sql("HAND_BACK_ORPHANS", **lists), params)
             owned = tx.read(self.sql("HEARTBEAT_RUNS", **lists), params)
-            tx.write(self.sql("WORKER_HEARTBEAT"), {"id": worker_id, "running": len(held)})
+            tx.write(
+                self.sql("WORKER_HEARTBEAT"),
+                {"id": params["worker_id"], "running": params["running"]},
+            )
             self._close_cancelled_steps(
                 tx, [r["id"] for r in orphans if r["status"] == "cancelled"]
             )
-        return Heartbeat(owned={r["id"]: r for r in owned}, handed_back=orphans)
+        return orphans, owned
+
+    def _id_lists(self, *names: str) -> dict[str, str]:
+        """The ``{name}`` fragments of list parameters (see :meth:`Dialect.id_list`)."""
+        return {name: self.dialect.id_list(name) for name in names}
 
     def mark_executing(self, run_id: str, token: int, executing: bool = True) -> bool:
         """Record that a run's code starts (or stopped) running in its worker (fenced)."""

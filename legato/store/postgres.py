@@ -8,7 +8,7 @@ idle workers wake within a millisecond; polling stays as the fallback.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,7 +19,7 @@ from ..config import Settings
 from ..errors import DatabaseUnavailable
 from . import migrate
 from . import queries as q
-from .base import Heartbeat, Outcome, Row, Store, Tx
+from .base import Outcome, Row, Store, Tx
 from .pgpool import Pool, PoolExhausted
 from .queries import Dialect
 from .records import NewRun
@@ -237,37 +237,17 @@ class PostgresStore(Store):
             written.append(ok)
         return written
 
-    def heartbeat(
-        self,
-        worker_id: str,
-        lease_ms: int,
-        held: Collection[str],
-        executing: Collection[str] = (),
-    ) -> Heartbeat:
+    def _beat(self, params: dict[str, Any]) -> tuple[list[Row], list[Row]]:
         """One statement, outside any transaction: a worker frozen in the middle of its
         heartbeat holds no lock (see :data:`~legato.store.queries.HEARTBEAT_PG`)."""
-        lists = {
-            "held": self.dialect.id_list("held"),
-            "executing": self.dialect.id_list("executing"),
-        }
-        rows = self._write_returning(
-            self.sql("HEARTBEAT_PG", **lists),
-            {
-                "worker_id": worker_id,
-                "lease_ms": lease_ms,
-                "running": len(held),
-                "held": list(held),
-                "executing": list(executing),
-            },
-        )
+        sql = self.sql("HEARTBEAT_PG", **self._id_lists("held", "executing"))
+        rows = self._write_returning(sql, params)
         orphans = [r for r in rows if r["kind"] == "orphan"]
         cancelled = [r["id"] for r in orphans if r["status"] == "cancelled"]
         if cancelled:
             with self._transaction() as tx:
                 self._close_cancelled_steps(tx, cancelled)
-        return Heartbeat(
-            owned={r["id"]: r for r in rows if r["kind"] == "held"}, handed_back=orphans
-        )
+        return orphans, [r for r in rows if r["kind"] == "held"]
 
     def _advance_schedules(self, tx: Tx, advances: Sequence[dict[str, Any]]) -> None:
         if advances:

@@ -16,14 +16,6 @@ import pytest
 from tests.acceptance.support import Cluster
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """Remember each phase's report on the item, so fixtures can tell a test failed."""
-    outcome = yield
-    report = outcome.get_result()  # type: ignore[attr-defined]
-    setattr(item, f"report_{report.when}", report)
-
-
 @pytest.fixture
 def make_cluster(
     request: pytest.FixtureRequest, tmp_path: Path
