@@ -793,11 +793,6 @@ class Worker:
 
     # -- heartbeat and maintenance ---------------------------------------------------------
 
-    def heartbeat(self) -> None:
-        """One heartbeat and one maintenance pass (for tests and tools)."""
-        self.beat_once()
-        self.maintain_once()
-
     def beat_once(self) -> None:
         """Extend the leases of the runs held here, record which are executing, apply cancel
         requests, give up runs whose lease was lost, hand back orphans."""
