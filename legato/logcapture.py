@@ -73,11 +73,6 @@ class LogWriter:
     def has_pending(self) -> bool:
         return bool(self._pending)
 
-    @property
-    def retrying(self) -> bool:
-        """Whether the last write failed for a database fault (lines are being kept)."""
-        return self._failures > 0
-
     def flush(self, *, wait: bool = True) -> bool:
         """Write everything buffered so far (called at the end of every run that logged).
 

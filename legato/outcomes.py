@@ -49,17 +49,11 @@ class OutcomeWriter(Generic[T]):
         self.wakes = wakes  # does this item's end free a limit's slot (wake other workers)?
         self._queue: queue.SimpleQueue[tuple[T, Outcome] | None] = queue.SimpleQueue()
         self._give_up_at: float | None = None  # set by stop(): keep retrying until then
-        self._retrying = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="legato-outcomes", daemon=True)
         self._thread.start()
 
     def submit(self, item: T, outcome: Outcome) -> None:
         self._queue.put((item, outcome))
-
-    @property
-    def retrying(self) -> bool:
-        """Whether a batch is waiting for the database to come back."""
-        return self._retrying.is_set()
 
     def _loop(self) -> None:
         while True:
@@ -123,7 +117,6 @@ class OutcomeWriter(Generic[T]):
                             params["run_id"],
                             exc,
                         )
-                    self._retrying.clear()
                     return [False] * len(outcomes)
                 if failures == 0:
                     log.warning(
@@ -132,11 +125,9 @@ class OutcomeWriter(Generic[T]):
                         len(outcomes),
                         exc,
                     )
-                self._retrying.set()
                 time.sleep(self.store.settings.backoff(failures))
                 failures += 1
                 continue
-            self._retrying.clear()
             if failures:
                 # Refused after a fault: perhaps the first try was applied before the
                 # connection broke.

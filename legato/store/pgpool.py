@@ -25,8 +25,6 @@ import contextlib
 import select
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -69,14 +67,6 @@ class Pool:
         self._opened = 0  # connections open or being opened, idle or in use
         self._cond = threading.Condition()
         self._closed = False
-
-    @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        conn = self.acquire()
-        try:
-            yield conn
-        finally:
-            self.release(conn)
 
     def acquire(self) -> psycopg.Connection[Any]:
         """A healthy connection (idle, or opened now); give it back with :meth:`release`.
@@ -170,21 +160,9 @@ class Pool:
             self._opened -= 1
             self._cond.notify()
 
-    def drain(self) -> None:
-        """Close the idle connections (after a server restart they are all dead)."""
-        with self._cond:
-            idle, self._idle = self._idle, []
-        for slot in idle:
-            self._discard(slot)
-
     def close(self) -> None:
         with self._cond:
             self._closed = True
             idle, self._idle = self._idle, []
         for slot in idle:
             self._discard(slot)
-
-    @property
-    def size(self) -> int:
-        """Connections open now (idle and in use)."""
-        return self._opened
