@@ -95,9 +95,12 @@ def test_cancels_are_honoured_during_a_storm_of_worker_kills(
             if len(cancelled) < cancels and run_id not in cancelled:
                 assert store.cancel_run(run_id) in ("running", "cancelled")
                 cancelled.add(run_id)
-        if faults and rng.random() < 0.5:
+        # Only a worker that serves already: one still starting has no SIGTERM handler yet.
+        serving_pids = {w["pid"] for w in store.list_workers(60_000) if w["alive"]}
+        victims = [w for w in group.alive if w not in frozen + drained and w.pid in serving_pids]
+        if faults and victims and rng.random() < 0.5:
             fault = faults.pop()
-            victim = rng.choice([w for w in group.alive if w not in frozen + drained])
+            victim = rng.choice(victims)
             if fault == "kill":
                 victim.kill()
                 killed += 1
