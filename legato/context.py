@@ -37,6 +37,7 @@ from .store.records import ClaimedRun, StepRecord
 if TYPE_CHECKING:
     from .app import Step
     from .interrupt import Interrupter
+    from .logcapture import LogWriter
 
 T = TypeVar("T")
 log = logging.getLogger("legato.worker")
@@ -97,6 +98,8 @@ class RunContext:
         self.cancel_requested = threading.Event()
         self.lost = False
         self.interrupted = False
+        #: The log writer of the worker executing this attempt (captured lines go there).
+        self.log_writer: LogWriter | None = None
         self._fault_wake: threading.Event | None = None  # made at the first fault
         self.children = 0
         self._history: dict[int, StepRecord] | None = None if run.has_history else {}

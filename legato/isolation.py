@@ -212,6 +212,7 @@ def child_main(answer_fd: int) -> int:
         ctx = RunContext(
             store, run, interrupter=Interrupter(), max_payload_bytes=spec["max_payload_bytes"]
         )
+        ctx.log_writer = writer
         signal.signal(signal.SIGTERM, lambda _s, _f: ctx.cancel_requested.set())
         writer.start()
         capture.install()

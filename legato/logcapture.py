@@ -168,6 +168,14 @@ def _cut(message: str, limit: int) -> str:
     return raw[:keep].decode("utf-8", "ignore") + note
 
 
+def _writer_of(ctx: RunContext, fallback: LogWriter) -> LogWriter | None:
+    """Where a run's lines go: its worker's writer; else ``fallback`` if it writes to the
+    run's store."""
+    if ctx.log_writer is not None:
+        return ctx.log_writer
+    return fallback if fallback.store is ctx.store else None
+
+
 class _CaptureHandler(logging.Handler):
     def __init__(self, writer: LogWriter) -> None:
         super().__init__(logging.NOTSET)
@@ -180,8 +188,10 @@ class _CaptureHandler(logging.Handler):
             self._outside_run(record)
             return
         # Several workers in one process each install a handler: the record is captured
-        # once, by a worker writing to the run's own store.
-        if ctx.store is not self.writer.store or getattr(record, "_legato_captured", False):
+        # once, into the log writer of the worker running the run (which flushes it before
+        # the attempt's outcome, while the lease holds).
+        writer = _writer_of(ctx, self.writer)
+        if writer is None or getattr(record, "_legato_captured", False):
             return
         record._legato_captured = True
         try:
@@ -189,7 +199,7 @@ class _CaptureHandler(logging.Handler):
             if record.name not in ("root", "legato.worker"):
                 message = f"[{record.name}] {message}"
             for line in message.splitlines() or [""]:
-                self.writer.add(ctx, record.levelname, line)
+                writer.add(ctx, record.levelname, line)
         except Exception:  # pragma: no cover - logging must never break a run
             self.handleError(record)
 
@@ -228,8 +238,9 @@ class _StreamProxy(io.TextIOBase):
         key = id(ctx)
         buffered = self._partial.pop(key, "") + text
         *lines, rest = buffered.split("\n")
+        writer = _writer_of(ctx, self.writer) or self.writer
         for line in lines:
-            self.writer.add(ctx, self.level, line)
+            writer.add(ctx, self.level, line)
         if rest:
             self._partial[key] = rest
         return len(text)
@@ -237,7 +248,7 @@ class _StreamProxy(io.TextIOBase):
     def flush_context(self, ctx: RunContext) -> None:
         rest = self._partial.pop(id(ctx), None)
         if rest:
-            self.writer.add(ctx, self.level, rest)
+            (_writer_of(ctx, self.writer) or self.writer).add(ctx, self.level, rest)
 
     def flush(self) -> None:
         self.original.flush()

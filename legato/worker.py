@@ -370,6 +370,7 @@ class Worker:
             interrupter=self.interrupter,
             max_payload_bytes=self.settings.max_payload_bytes,
         )
+        ctx.log_writer = self.writer
         exe = Execution(run, ctx, flow, claimed_executing=claimed_executing)
         with self._active_lock:
             self._active[run.id] = exe

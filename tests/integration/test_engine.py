@@ -245,3 +245,28 @@ def test_two_workers_in_one_process_record_each_log_line_once(db_url: str) -> No
         messages = [line["message"] for line in app.store.get_logs(handle.id)]
         assert sorted(messages) == sorted([f"[chatty] line {n}", f"printed {n}"]), messages
     app.close()
+
+
+def test_a_runs_lines_are_written_by_its_own_worker_before_its_outcome(db_url: str) -> None:
+    """With two workers in one process, a line is captured by the worker running the run,
+    which writes it before the run's outcome: it is there the moment the run has ended (here
+    the periodic flush is an hour away), and never fenced out by a later attempt's token."""
+    from legato import Settings
+
+    app = App(db_url, settings=Settings.from_env(log_flush_seconds=3600))
+
+    @app.flow(queue="b")
+    def chatty(n: int) -> int:
+        logging.getLogger("chatty").warning("line %d", n)
+        print("printed", n)
+        return n
+
+    with (
+        in_process_worker(app, concurrency=2, queues=["a"]),
+        in_process_worker(app, concurrency=2, queues=["b"]),
+    ):
+        handle = chatty.submit(7)
+        assert handle.result(timeout=30) == 7
+        messages = [line["message"] for line in app.store.get_logs(handle.id)]
+        assert sorted(messages) == ["[chatty] line 7", "printed 7"], messages
+    app.close()
